@@ -1,0 +1,66 @@
+/**
+ * Contracts between the model (src/model/), ring attention (src/attention/) and
+ * the trainer (src/train/). Arrays are token-major: [tokens, heads, headDim].
+ */
+
+/** Mirrors the spec's `model` section (src/config/schema.ts). */
+export interface ModelConfig {
+  vocabSize: number;
+  dModel: number;
+  layers: number;
+  heads: number;
+  kvHeads: number;
+  ffnHidden: number;
+  /** Tokens per blockwise-FFN chunk: the FFN intermediate never spans more than this. */
+  ffnChunk: number;
+  norm: 'rms' | 'layer';
+  tiedEmbeddings: boolean;
+  ropeBase: number;
+  initStd: number;
+}
+
+/** One parameter tensor inside the flat parameter vector. */
+export interface ParamSpec {
+  name: string;
+  shape: number[];
+  offset: number;
+  size: number;
+}
+
+/**
+ * All parameters live in one flat Float32Array so that the all-reduce, the
+ * optimizer and checkpoints each handle a single buffer; `specs` names the slices.
+ */
+export interface Params {
+  flat: Float32Array;
+  specs: ParamSpec[];
+}
+
+/** What the attention layer of the model needs from ring attention, for the local shard. */
+export interface AttentionOp {
+  /** q: [n, heads, headDim]; k, v: [n, kvHeads, headDim]. Returns o: [n, heads, headDim], lse: [heads, n]. */
+  forward(q: Float32Array, k: Float32Array, v: Float32Array): Promise<{ o: Float32Array; lse: Float32Array }>;
+  /** Given the forward's inputs and outputs and dL/do, returns dq, dk, dv for the local shard. */
+  backward(
+    saved: { q: Float32Array; k: Float32Array; v: Float32Array; o: Float32Array; lse: Float32Array },
+    dO: Float32Array,
+  ): Promise<{ dq: Float32Array; dk: Float32Array; dv: Float32Array }>;
+}
+
+/** One rank's part of one training sequence. */
+export interface Shard {
+  /** Input token ids at this rank's positions. */
+  tokens: Int32Array;
+  /** Next-token targets for those positions (token at position p+1 of the full window), -1 = ignore. */
+  targets: Int32Array;
+  /** Global token positions (from the layout): rotary positions use these. */
+  positions: Int32Array;
+}
+
+/** Result of forward+backward on one shard. `lossSum` is the sum of token losses on this shard. */
+export interface ShardStep {
+  lossSum: number;
+  tokens: number;
+  /** dL/dparams of `lossSum * lossScale`, same layout as Params.flat. */
+  grads: Float32Array;
+}

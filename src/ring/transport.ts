@@ -1,0 +1,306 @@
+import * as zmq from 'zeromq';
+import { decodeHeader, dtypeOf, encodeHeader, FrameError, payloadFromFrame, type Payload, type Tensor } from './frame.js';
+
+/**
+ * The ring's data plane for one worker: a PULL socket bound for the predecessor
+ * and a PUSH socket connected to the successor. Everything else (ring pass,
+ * all-reduce, ring attention) is built from `send` and `recv`.
+ *
+ * - `send` is queued: zeromq.js allows one pending send per socket, and a typed
+ *   array handed to it is sent zero-copy, so callers must never mutate it again.
+ * - A background loop drains the PULL socket and files messages by tag, so
+ *   streams with different tags (KV blocks and dKV accumulators) may interleave.
+ * - Every message carries the job id and a per-link sequence number; a foreign,
+ *   out-of-order or malformed message fails the ring loudly, and every wait has
+ *   a timeout that names the peer.
+ */
+
+export interface RingPeer {
+  rank: number;
+  host: string;
+  endpoint: string;
+}
+
+export interface CurveKeys {
+  publicKey: string;
+  secretKey: string;
+}
+
+export interface RingOptions {
+  rank: number;
+  worldSize: number;
+  jobId: string;
+  /** Endpoint this rank's receive socket binds, e.g. tcp://127.0.0.1:29501 or ipc:///tmp/x.sock. */
+  bind: string;
+  next: RingPeer;
+  prev: RingPeer;
+  opTimeoutMs: number;
+  connectTimeoutMs: number;
+  heartbeatIntervalMs: number;
+  heartbeatTimeoutMs: number;
+  maxMessageBytes: number;
+  /** One key pair per job: a process without it can neither connect nor be connected to. */
+  curve?: CurveKeys;
+  /** Called once when the ring fails (peer lost, protocol error); the job should stop. */
+  onFailure?: (err: Error) => void;
+}
+
+export class RingError extends Error {
+  override name = 'RingError';
+}
+
+export interface RingStats {
+  messagesSent: number;
+  bytesSent: number;
+  messagesReceived: number;
+  bytesReceived: number;
+  /** Total time `recv` callers spent waiting for a message that had not arrived yet. */
+  waitMs: number;
+}
+
+interface Waiter {
+  resolve: (t: Tensor[]) => void;
+  reject: (e: Error) => void;
+  timer: NodeJS.Timeout;
+}
+
+export type Sendable = Payload | Tensor;
+
+export class Ring {
+  readonly rank: number;
+  readonly worldSize: number;
+  readonly next: RingPeer;
+  readonly prev: RingPeer;
+  readonly stats: RingStats = { messagesSent: 0, bytesSent: 0, messagesReceived: 0, bytesReceived: 0, waitMs: 0 };
+
+  private readonly opts: RingOptions;
+  private readonly push: zmq.Push;
+  private readonly pull: zmq.Pull;
+  private sendChain: Promise<void> = Promise.resolve();
+  private sendSeq = 0;
+  private recvSeq = 0;
+  private readonly inbox = new Map<string, Tensor[][]>();
+  private readonly waiters = new Map<string, Waiter[]>();
+  private failure: Error | null = null;
+  private closed = false;
+  /** Set once our goodbye is sent: from then on the successor may leave at any moment. */
+  private leaving = false;
+
+  private constructor(opts: RingOptions) {
+    this.opts = opts;
+    this.rank = opts.rank;
+    this.worldSize = opts.worldSize;
+    this.next = opts.next;
+    this.prev = opts.prev;
+    const common = {
+      linger: 1000,
+      heartbeatInterval: opts.heartbeatIntervalMs,
+      heartbeatTimeout: opts.heartbeatTimeoutMs,
+      heartbeatTimeToLive: opts.heartbeatTimeoutMs,
+    };
+    this.pull = new zmq.Pull({ ...common, maxMessageSize: opts.maxMessageBytes, receiveHighWaterMark: 0 });
+    this.push = new zmq.Push({ ...common, sendHighWaterMark: 0, connectTimeout: opts.connectTimeoutMs });
+    if (opts.curve) {
+      this.pull.curveServer = true;
+      this.pull.curveSecretKey = opts.curve.secretKey;
+      this.push.curveServerKey = opts.curve.publicKey;
+      this.push.curvePublicKey = opts.curve.publicKey;
+      this.push.curveSecretKey = opts.curve.secretKey;
+    }
+  }
+
+  /** Binds, connects, and proves both links with one hello around the ring. */
+  static async open(opts: RingOptions): Promise<Ring> {
+    const ring = new Ring(opts);
+    try {
+      await ring.pull.bind(opts.bind);
+      ring.push.connect(opts.next.endpoint);
+      ring.watchLinks();
+      void ring.receiveLoop();
+      await ring.send('hello', [new Int32Array([opts.rank])]);
+      await ring.recv('hello', opts.connectTimeoutMs);
+      return ring;
+    } catch (err) {
+      ring.closed = true;
+      ring.failWaiters(err as Error);
+      ring.push.close();
+      ring.pull.close();
+      throw err;
+    }
+  }
+
+  /** Queues a message to the successor; resolves once zeromq has taken it. Never mutate what was sent. */
+  send(tag: string, items: Sendable[]): Promise<void> {
+    this.throwIfFailed();
+    const tensors = items.map(asTensor);
+    const seq = this.sendSeq++;
+    const header = encodeHeader({
+      jobId: this.opts.jobId,
+      seq,
+      srcRank: this.rank,
+      tag,
+      tensors: tensors.map((t) => ({ dtype: dtypeOf(t.data), shape: t.shape })),
+    });
+    const frames = [header, ...tensors.map((t) => t.data)];
+    const bytes = tensors.reduce((a, t) => a + t.data.byteLength, 0);
+    const done = this.sendChain.then(async () => {
+      this.throwIfFailed();
+      await this.push.send(frames);
+      this.stats.messagesSent++;
+      this.stats.bytesSent += bytes;
+    });
+    // Keep the chain alive after a failure so later sends report the ring's error, not this one's.
+    this.sendChain = done.catch(() => undefined);
+    return done;
+  }
+
+  /** Waits for the next message with `tag` from the predecessor. */
+  recv(tag: string, timeoutMs = this.opts.opTimeoutMs): Promise<Tensor[]> {
+    this.throwIfFailed();
+    const queued = this.inbox.get(tag);
+    if (queued && queued.length > 0) return Promise.resolve(queued.shift()!);
+    const started = performance.now();
+    return new Promise<Tensor[]>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.removeWaiter(tag, waiter);
+        reject(
+          new RingError(
+            `rank ${this.rank}: timed out after ${(timeoutMs / 1000).toFixed(1)} s waiting for "${tag}" from rank ${this.prev.rank} (${this.prev.host})`,
+          ),
+        );
+      }, timeoutMs);
+      const waiter: Waiter = {
+        resolve: (t) => {
+          this.stats.waitMs += performance.now() - started;
+          resolve(t);
+        },
+        reject,
+        timer,
+      };
+      const list = this.waiters.get(tag) ?? [];
+      list.push(waiter);
+      this.waiters.set(tag, list);
+    });
+  }
+
+  /** Resolves when every queued send has been handed to zeromq. */
+  async flush(): Promise<void> {
+    await this.sendChain;
+    this.throwIfFailed();
+  }
+
+  /**
+   * Leaves the ring cleanly: a goodbye goes to the successor and one is awaited
+   * from the predecessor, so no rank mistakes a neighbour's normal exit for a
+   * crash. After a failure the sockets are simply closed.
+   */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    if (!this.failure) {
+      try {
+        const bye = this.send('bye', []);
+        this.leaving = true;
+        await bye;
+        await this.recv('bye', this.opts.connectTimeoutMs);
+      } catch {
+        // The job is over either way; a neighbour that vanished during goodbye changes nothing.
+      }
+    }
+    this.closed = true;
+    await this.sendChain.catch(() => undefined);
+    this.failWaiters(new RingError(`rank ${this.rank}: ring closed`));
+    this.push.close();
+    this.pull.close();
+  }
+
+  get failed(): Error | null {
+    return this.failure;
+  }
+
+  private throwIfFailed(): void {
+    if (this.failure) throw this.failure;
+    if (this.closed) throw new RingError(`rank ${this.rank}: ring is closed`);
+  }
+
+  private async receiveLoop(): Promise<void> {
+    while (!this.closed && !this.failure) {
+      let frames: Buffer[];
+      try {
+        frames = await this.pull.receive();
+      } catch (err) {
+        if (!this.closed) this.fail(new RingError(`rank ${this.rank}: receive failed: ${(err as Error).message}`));
+        return;
+      }
+      try {
+        this.deliver(frames);
+      } catch (err) {
+        const why = err instanceof FrameError ? err.message : String(err);
+        this.fail(new RingError(`rank ${this.rank}: bad message from rank ${this.prev.rank} (${this.prev.host}): ${why}`));
+        return;
+      }
+    }
+  }
+
+  private deliver(frames: Buffer[]): void {
+    const h = decodeHeader(frames[0]);
+    if (h.jobId !== this.opts.jobId) throw new FrameError(`message of job ${h.jobId}, this job is ${this.opts.jobId}`);
+    if (h.srcRank !== this.prev.rank) throw new FrameError(`message claims to come from rank ${h.srcRank}`);
+    if (h.seq !== this.recvSeq >>> 0) throw new FrameError(`sequence number ${h.seq}, expected ${this.recvSeq >>> 0} (a message was lost or reordered)`);
+    if (frames.length !== h.tensors.length + 1) throw new FrameError(`${frames.length - 1} payload frames, header lists ${h.tensors.length}`);
+    this.recvSeq++;
+    const tensors = h.tensors.map((d, i) => ({ data: payloadFromFrame(frames[i + 1], d.dtype, d.shape), shape: d.shape }));
+    this.stats.messagesReceived++;
+    this.stats.bytesReceived += tensors.reduce((a, t) => a + t.data.byteLength, 0);
+    const waiting = this.waiters.get(h.tag);
+    if (waiting && waiting.length > 0) {
+      const w = waiting.shift()!;
+      clearTimeout(w.timer);
+      w.resolve(tensors);
+      return;
+    }
+    const list = this.inbox.get(h.tag) ?? [];
+    list.push(tensors);
+    this.inbox.set(h.tag, list);
+  }
+
+  /** The successor link dropping (peer killed, or silent past the heartbeat timeout) fails the ring, naming the peer. */
+  private watchLinks(): void {
+    this.push.events.on('disconnect', () => {
+      if (!this.closed && !this.leaving) this.fail(new RingError(`rank ${this.rank}: lost the link to its successor, rank ${this.next.rank} (${this.next.host})`));
+    });
+    // A predecessor's departure is reported by its own predecessor (whose push link
+    // drops) or by the launcher; here it is expected at every clean shutdown.
+    this.pull.events.on('handshake:error:auth', () => {
+      // Someone without the job's keys tried to connect: refused by CURVE; the ring continues.
+    });
+  }
+
+  private fail(err: Error): void {
+    if (this.failure) return;
+    this.failure = err;
+    this.failWaiters(err);
+    this.opts.onFailure?.(err);
+  }
+
+  private failWaiters(err: Error): void {
+    for (const list of this.waiters.values()) {
+      for (const w of list) {
+        clearTimeout(w.timer);
+        w.reject(err);
+      }
+    }
+    this.waiters.clear();
+  }
+
+  private removeWaiter(tag: string, w: Waiter): void {
+    const list = this.waiters.get(tag);
+    if (!list) return;
+    const i = list.indexOf(w);
+    if (i >= 0) list.splice(i, 1);
+  }
+}
+
+function asTensor(x: Sendable): Tensor {
+  if (ArrayBuffer.isView(x)) return { data: x, shape: [x.length] };
+  return x;
+}
