@@ -58,8 +58,14 @@ export interface RingStats {
   waitMs: number;
 }
 
+/** A received message with the time (performance.now()) its last frame was taken off the socket. */
+export interface Message {
+  tensors: Tensor[];
+  arrivedAt: number;
+}
+
 interface Waiter {
-  resolve: (t: Tensor[]) => void;
+  resolve: (m: Message) => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout;
 }
@@ -79,7 +85,7 @@ export class Ring {
   private sendChain: Promise<void> = Promise.resolve();
   private sendSeq = 0;
   private recvSeq = 0;
-  private readonly inbox = new Map<string, Tensor[][]>();
+  private readonly inbox = new Map<string, Message[]>();
   private readonly waiters = new Map<string, Waiter[]>();
   private failure: Error | null = null;
   private closed = false;
@@ -155,12 +161,16 @@ export class Ring {
   }
 
   /** Waits for the next message with `tag` from the predecessor. */
-  recv(tag: string, timeoutMs = this.opts.opTimeoutMs): Promise<Tensor[]> {
+  async recv(tag: string, timeoutMs = this.opts.opTimeoutMs): Promise<Tensor[]> {
+    return (await this.recvMessage(tag, timeoutMs)).tensors;
+  }
+
+  recvMessage(tag: string, timeoutMs = this.opts.opTimeoutMs): Promise<Message> {
     this.throwIfFailed();
     const queued = this.inbox.get(tag);
     if (queued && queued.length > 0) return Promise.resolve(queued.shift()!);
     const started = performance.now();
-    return new Promise<Tensor[]>((resolve, reject) => {
+    return new Promise<Message>((resolve, reject) => {
       const timer = setTimeout(() => {
         this.removeWaiter(tag, waiter);
         reject(
@@ -170,9 +180,9 @@ export class Ring {
         );
       }, timeoutMs);
       const waiter: Waiter = {
-        resolve: (t) => {
+        resolve: (m) => {
           this.stats.waitMs += performance.now() - started;
-          resolve(t);
+          resolve(m);
         },
         reject,
         timer,
@@ -251,15 +261,16 @@ export class Ring {
     const tensors = h.tensors.map((d, i) => ({ data: payloadFromFrame(frames[i + 1], d.dtype, d.shape), shape: d.shape }));
     this.stats.messagesReceived++;
     this.stats.bytesReceived += tensors.reduce((a, t) => a + t.data.byteLength, 0);
+    const message = { tensors, arrivedAt: performance.now() };
     const waiting = this.waiters.get(h.tag);
     if (waiting && waiting.length > 0) {
       const w = waiting.shift()!;
       clearTimeout(w.timer);
-      w.resolve(tensors);
+      w.resolve(message);
       return;
     }
     const list = this.inbox.get(h.tag) ?? [];
-    list.push(tensors);
+    list.push(message);
     this.inbox.set(h.tag, list);
   }
 
