@@ -1,0 +1,396 @@
+import * as z from 'zod';
+import { sizeSchema } from './size.js';
+
+/*
+ * The cluster spec: one zod schema is the single source of truth for the YAML files,
+ * the TypeScript types, the defaults, the JSON Schema that editors use and docs/config.md.
+ * Every object is strict so a typo ("slot:") is an error instead of a silently ignored key.
+ * Sections default to `{}` through `.prefault`, which parses the default, so the defaults of
+ * their fields are filled in too (`.default` would hand back `{}` unparsed).
+ */
+
+const NAME_RE = /^[A-Za-z0-9_.-]+$/;
+const ENV_NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const IPV4_RE = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+const HOSTNAME_RE = /^(?=.{1,253}\.?$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$/;
+
+function isIPv6(s: string): boolean {
+  if (!/^[0-9A-Fa-f:.]+$/.test(s) || !s.includes(':')) return false;
+  let head = s;
+  let groupsFromV4 = 0;
+  const lastColon = s.lastIndexOf(':');
+  if (s.slice(lastColon + 1).includes('.')) {
+    if (!IPV4_RE.test(s.slice(lastColon + 1))) return false;
+    head = s.slice(0, lastColon + 1) + '0';
+    groupsFromV4 = 1; // an embedded IPv4 address takes two groups; the placeholder counted one
+  }
+  const halves = head.split('::');
+  if (halves.length > 2) return false;
+  const groups = halves.map((h) => (h === '' ? [] : h.split(':')));
+  if (groups.some((g) => g.some((x) => !/^[0-9A-Fa-f]{1,4}$/.test(x)))) return false;
+  const n = groups.reduce((a, g) => a + g.length, 0) + groupsFromV4;
+  return halves.length === 2 ? n < 8 : n === 8;
+}
+
+/** An IPv4 address, an IPv6 address or a DNS host name (a dotted all-digit name must be a valid IPv4). */
+export function isHostOrIp(s: string): boolean {
+  if (IPV4_RE.test(s) || isIPv6(s)) return true;
+  return HOSTNAME_RE.test(s) && !/^[\d.]+$/.test(s);
+}
+
+/** 127.0.0.0/8, ::1 (also IPv4-mapped) and localhost: addresses that never leave this machine. */
+export function isLoopback(address: string): boolean {
+  const a = address.trim().toLowerCase().replace(/^\[(.*)\]$/, '$1');
+  if (a === 'localhost' || a === 'localhost.' || a.endsWith('.localhost')) return true;
+  if (a === '::1' || /^(0{1,4}:){7}0{0,3}1$/.test(a)) return true;
+  const v4 = a.startsWith('::ffff:') ? a.slice(7) : a;
+  return IPV4_RE.test(v4) && v4.startsWith('127.');
+}
+
+const WILDCARD_ADDRESSES = new Set(['0.0.0.0', '::', '*']);
+
+const name = (what: string) =>
+  z.string().regex(NAME_RE, { error: `${what} may contain only letters, digits, "_", "." and "-"` });
+
+const address = z
+  .string()
+  .refine(isHostOrIp, { error: (iss) => `expected a host name or an IP address, got ${JSON.stringify(iss.input)}` });
+
+const posInt = () => z.int().positive();
+const millis = (def: number, what: string) => posInt().default(def).describe(`${what} (milliseconds).`);
+
+const SshSchema = z
+  .strictObject({
+    user: z.string().min(1).optional().describe('Remote user; default: ssh decides (your ssh config, then the local user).'),
+    port: z.int().min(1).max(65535).default(22).describe('sshd port.'),
+    identityFile: z.string().min(1).optional().describe('Private key passed as `ssh -i`.'),
+    options: z
+      .array(z.string().min(1))
+      .default(() => [])
+      .describe('Extra `ssh -o` options, e.g. `StrictHostKeyChecking=accept-new`.'),
+  })
+  .describe('How to reach the host over ssh. Present means the host is launched over ssh unless `launch` says otherwise.');
+
+const envValue = z.union([z.string(), z.number(), z.boolean()]).transform((v) => String(v));
+
+const HostSchema = z
+  .strictObject({
+    name: name('a host name').describe('Name of the host in logs and run directories; unique.'),
+    address: address.describe('Host name or IP address the other workers and the coordinator reach this host at.'),
+    slots: z.int().min(1).default(1).describe('Workers (ring ranks) started on this host.'),
+    launch: z
+      .enum(['auto', 'local', 'ssh'])
+      .default('auto')
+      .describe('How workers are started. `auto`: `local` when the address is loopback (127.x.x.x, ::1, localhost) and there is no `ssh` section, else `ssh`.'),
+    ssh: SshSchema.optional(),
+    env: z
+      .record(z.string().regex(ENV_NAME_RE, { error: 'an environment variable name is letters, digits and "_", not starting with a digit' }), envValue)
+      .default(() => ({}))
+      .describe('Extra environment variables for the workers on this host.'),
+    workdir: z.string().min(1).optional().describe('Directory the workers run in on this host; default: the launcher\'s working directory (local) or the ssh login directory.'),
+    gpus: z
+      .array(z.int().min(0))
+      .optional()
+      .describe('Device index per slot, exported as CUDA_VISIBLE_DEVICES; one entry per slot. Default: the slot index.'),
+  })
+  .describe('A machine that runs `slots` workers.');
+
+const RingSchema = z
+  .strictObject({
+    basePort: z
+      .int()
+      .min(1024)
+      .max(65535)
+      .default(29500)
+      .describe('The coordinator binds basePort; the worker of global rank r binds basePort + 1 + r.'),
+    bindAddress: z
+      .string()
+      .refine((s) => WILDCARD_ADDRESSES.has(s) || isHostOrIp(s), {
+        error: (iss) => `expected an IP address, a host name or * (every interface), got ${JSON.stringify(iss.input)}`,
+      })
+      .optional()
+      .describe('Address the worker sockets bind to; 0.0.0.0, :: or * mean every interface. Default: the host\'s own address.'),
+    transport: z
+      .enum(['auto', 'tcp', 'ipc'])
+      .default('auto')
+      .describe('`auto`: ipc between two workers on the same host, tcp otherwise. `ipc` needs a single host.'),
+    connectTimeoutMs: millis(10000, 'Longest wait for a connection to a peer'),
+    rendezvousTimeoutMs: millis(30000, 'Longest wait for every worker to join the coordinator'),
+    heartbeatIntervalMs: millis(500, 'Interval between ZeroMQ heartbeats'),
+    heartbeatTimeoutMs: millis(3000, 'Silence after which a peer is declared lost; must exceed heartbeatIntervalMs'),
+    opTimeoutMs: millis(120000, 'Longest wait for any single ring message'),
+    maxMessageBytes: sizeSchema.prefault('1G').describe('Largest ring message accepted, in bytes (size).'),
+  })
+  .describe('The ZeroMQ ring between the workers.');
+
+const AttentionSchema = z
+  .strictObject({
+    causal: z.boolean().default(true).describe('Causal (decoder) mask.'),
+    layout: z
+      .enum(['auto', 'contiguous', 'zigzag', 'striped'])
+      .default('auto')
+      .describe('How the tokens of a sequence are spread over the ranks. `auto`: zigzag when causal, else contiguous.'),
+    tileQ: posInt().default(128).describe('Query rows per kernel tile.'),
+    tileKV: posInt().default(128).describe('Key/value rows per kernel tile.'),
+    overlap: z.boolean().default(true).describe('Send the next KV block while computing on the current one.'),
+  })
+  .describe('Ring attention.');
+
+const ModelSchema = z
+  .strictObject({
+    vocabSize: posInt().default(256).describe('Vocabulary size (256: bytes).'),
+    dModel: posInt().default(64).describe('Width of the residual stream; divisible by heads.'),
+    layers: posInt().default(2).describe('Transformer blocks.'),
+    heads: posInt().default(4).describe('Query heads.'),
+    kvHeads: posInt().optional().describe('Key/value heads (grouped-query attention); must divide heads. Default: heads.'),
+    ffnHidden: posInt().optional().describe('Hidden width of the feed-forward block. Default: 4 * dModel.'),
+    ffnChunk: sizeSchema.prefault(256).describe('Tokens per blockwise feed-forward chunk (size).'),
+    norm: z.enum(['rms', 'layer']).default('rms').describe('RMSNorm or LayerNorm.'),
+    tiedEmbeddings: z.boolean().default(true).describe('Share the input embedding with the output projection.'),
+    ropeBase: z.number().positive().default(10000).describe('Rotary position embedding base.'),
+    initStd: z.number().positive().default(0.02).describe('Standard deviation of the weight initialisation.'),
+  })
+  .superRefine((m, ctx) => {
+    if (m.dModel % m.heads !== 0) {
+      ctx.addIssue({ code: 'custom', path: ['heads'], message: `dModel ${m.dModel} is not divisible by heads ${m.heads}` });
+    } else if ((m.dModel / m.heads) % 2 !== 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['dModel'],
+        message: `the head dimension dModel/heads = ${m.dModel / m.heads} must be even (rotary embeddings rotate pairs)`,
+      });
+    }
+    if (m.kvHeads !== undefined && m.heads % m.kvHeads !== 0) {
+      ctx.addIssue({ code: 'custom', path: ['kvHeads'], message: `kvHeads ${m.kvHeads} does not divide heads ${m.heads}` });
+    }
+  })
+  .transform((m) => ({ ...m, kvHeads: m.kvHeads ?? m.heads, ffnHidden: m.ffnHidden ?? 4 * m.dModel }))
+  .describe('The transformer.');
+
+const TrainSchema = z
+  .strictObject({
+    steps: posInt().default(200).describe('Optimizer steps.'),
+    seqLen: sizeSchema.prefault(1024).describe('Tokens per training sequence (size), split over the ring.'),
+    batch: posInt().default(1).describe('Sequences per step.'),
+    lr: z.number().positive().default(3e-3).describe('Peak learning rate (AdamW).'),
+    minLr: z.number().min(0).default(3e-4).describe('Learning rate at the end of the cosine decay; at most lr.'),
+    warmupSteps: z.int().min(0).default(20).describe('Steps of linear warm-up.'),
+    weightDecay: z.number().min(0).default(0.01).describe('AdamW weight decay.'),
+    beta1: z.number().min(0).lt(1).default(0.9).describe('AdamW beta1.'),
+    beta2: z.number().min(0).lt(1).default(0.95).describe('AdamW beta2.'),
+    eps: z.number().positive().default(1e-8).describe('AdamW epsilon.'),
+    gradClip: z.number().min(0).default(1.0).describe('Clip the global gradient norm to this; 0 = off.'),
+    checkpointEvery: z.int().min(0).default(50).describe('Steps between checkpoints; 0 = only at the end.'),
+    evalEvery: z.int().min(0).default(25).describe('Steps between evaluations; 0 = never.'),
+    evalBatches: posInt().default(2).describe('Batches per evaluation.'),
+    logEvery: posInt().default(1).describe('Steps between log lines.'),
+    seed: z.int().min(0).default(1234).describe('Seed of the initialisation and the data order.'),
+  })
+  .superRefine((t, ctx) => {
+    if (t.minLr > t.lr) ctx.addIssue({ code: 'custom', path: ['minLr'], message: `minLr ${t.minLr} is larger than lr ${t.lr}` });
+  })
+  .describe('Training.');
+
+const DataSchema = z
+  .strictObject({
+    kind: z
+      .enum(['text', 'copy', 'recall'])
+      .default('text')
+      .describe('`text`: next-byte prediction on text files; `copy` and `recall`: synthetic long-range tasks.'),
+    paths: z
+      .array(z.string().min(1))
+      .default(() => [])
+      .describe('Text files or globs, relative to the spec file; empty = the built-in corpus.'),
+    evalFraction: z.number().min(0).lt(1).default(0.05).describe('Fraction of the text held out for evaluation.'),
+  })
+  .describe('Training data.');
+
+const BenchSchema = z
+  .strictObject({
+    seqLen: sizeSchema.prefault('64K').describe('Sequence length of the attention benchmark (size).'),
+    heads: posInt().default(4).describe('Query heads.'),
+    kvHeads: posInt().optional().describe('Key/value heads; must divide heads. Default: heads.'),
+    headDim: posInt().default(64).describe('Head dimension.'),
+    backward: z.boolean().default(false).describe('Time the backward pass too.'),
+    timeLimitS: posInt().default(300).describe('Stop after this many seconds.'),
+    iterations: posInt().default(3).describe('Timed iterations (after one warm-up).'),
+  })
+  .superRefine((b, ctx) => {
+    if (b.kvHeads !== undefined && b.heads % b.kvHeads !== 0) {
+      ctx.addIssue({ code: 'custom', path: ['kvHeads'], message: `kvHeads ${b.kvHeads} does not divide heads ${b.heads}` });
+    }
+  })
+  .transform((b) => ({ ...b, kvHeads: b.kvHeads ?? b.heads }))
+  .describe('`ringattn bench`: ring attention alone, without the model.');
+
+export const ClusterSpecSchema = z
+  .strictObject({
+    name: name('name').default('ringattn').describe('Name of the spec, shown in logs and run directory names.'),
+    runDir: z.string().min(1).default('runs').describe('Base folder for run directories (relative to the working directory).'),
+    backend: z
+      .enum(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'])
+      .default('auto')
+      .describe('tfjs backend. `auto`: the first that loads of tensorflow-gpu, tensorflow, wasm, cpu.'),
+    kernel: z
+      .enum(['auto', 'native', 'tfjs', 'reference'])
+      .default('auto')
+      .describe('Blockwise attention kernel. `auto`: the fastest one available on the worker.'),
+    threads: posInt().default(1).describe('Kernel threads per worker.'),
+    security: z
+      .enum(['auto', 'none', 'curve'])
+      .default('auto')
+      .describe('Ring encryption. `auto`: curve when any host is not loopback, else none.'),
+    logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error']).default('info').describe('Log level.'),
+    hosts: z.array(HostSchema).min(1).describe('The machines of the ring; ranks are assigned host by host in this order.'),
+    ring: RingSchema.prefault({}),
+    attention: AttentionSchema.prefault({}),
+    model: ModelSchema.prefault({}),
+    train: TrainSchema.prefault({}),
+    data: DataSchema.prefault({}),
+    bench: BenchSchema.prefault({}),
+  })
+  .superRefine((spec, ctx) => {
+    const firstByName = new Map<string, number>();
+    const firstByAddress = new Map<string, number>();
+    spec.hosts.forEach((h, i) => {
+      const seen = firstByName.get(h.name);
+      if (seen !== undefined) {
+        ctx.addIssue({ code: 'custom', path: ['hosts', i, 'name'], message: `duplicate host name "${h.name}" (also hosts[${seen}].name)` });
+      } else firstByName.set(h.name, i);
+
+      const addr = h.address.toLowerCase();
+      const same = firstByAddress.get(addr);
+      if (same !== undefined) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['hosts', i, 'address'],
+          message: `host "${h.name}" has the same address as host "${spec.hosts[same].name}" (${h.address}); list a machine once and give it more slots`,
+        });
+      } else firstByAddress.set(addr, i);
+
+      if (h.launch === 'local' && h.ssh) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['hosts', i, 'ssh'],
+          message: `host "${h.name}" has launch: local and an ssh section; remove one of them`,
+        });
+      }
+      if (h.gpus && h.gpus.length !== h.slots) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['hosts', i, 'gpus'],
+          message: `gpus lists ${h.gpus.length} device(s) but the host has ${h.slots} slot(s); give one per slot`,
+        });
+      }
+    });
+
+    const world = worldSize(spec);
+    if (spec.ring.basePort + world > 65535) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['ring', 'basePort'],
+        message: `basePort ${spec.ring.basePort} + ${world} workers exceeds port 65535; use at most ${65535 - world}`,
+      });
+    }
+    if (spec.ring.heartbeatTimeoutMs <= spec.ring.heartbeatIntervalMs) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['ring', 'heartbeatTimeoutMs'],
+        message: `heartbeatTimeoutMs ${spec.ring.heartbeatTimeoutMs} must be larger than heartbeatIntervalMs ${spec.ring.heartbeatIntervalMs}`,
+      });
+    }
+    if (spec.hosts.length > 1 && spec.ring.transport === 'ipc') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['ring', 'transport'],
+        message: `ipc only connects workers on one machine and the spec has ${spec.hosts.length} hosts; use auto or tcp`,
+      });
+    }
+    const bind = spec.ring.bindAddress;
+    if (bind !== undefined && !WILDCARD_ADDRESSES.has(bind) && firstByAddress.size > 1) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['ring', 'bindAddress'],
+        message: `bindAddress ${bind} exists on one machine only and the spec has ${firstByAddress.size} hosts; use 0.0.0.0 or leave it unset`,
+      });
+    }
+  })
+  .meta({
+    title: 'ringattn cluster spec',
+    description: 'Hosts, ring, model, training and benchmark settings of a ringattn run.',
+  });
+
+export type ClusterSpec = z.output<typeof ClusterSpecSchema>;
+export type ClusterSpecInput = z.input<typeof ClusterSpecSchema>;
+export type HostSpec = ClusterSpec['hosts'][number];
+export type RingSpec = ClusterSpec['ring'];
+export type AttentionSpec = ClusterSpec['attention'];
+export type ModelSpec = ClusterSpec['model'];
+export type TrainSpec = ClusterSpec['train'];
+export type DataSpec = ClusterSpec['data'];
+export type BenchSpec = ClusterSpec['bench'];
+
+/** Number of ranks in the ring: the slots of every host. */
+export function worldSize(spec: Pick<ClusterSpec, 'hosts'>): number {
+  return spec.hosts.reduce((n, h) => n + h.slots, 0);
+}
+
+/** `launch: auto` resolved: local for a loopback address without an ssh section, else ssh. */
+export function resolvedLaunch(host: Pick<HostSpec, 'launch' | 'address' | 'ssh'>): 'local' | 'ssh' {
+  if (host.launch !== 'auto') return host.launch;
+  return isLoopback(host.address) && !host.ssh ? 'local' : 'ssh';
+}
+
+/** `security: auto` resolved: curve as soon as one host is reached over the network. */
+export function resolvedSecurity(spec: Pick<ClusterSpec, 'security' | 'hosts'>): 'none' | 'curve' {
+  if (spec.security !== 'auto') return spec.security;
+  return spec.hosts.some((h) => !isLoopback(h.address)) ? 'curve' : 'none';
+}
+
+/** `ring.transport: auto` resolved for the link between two hosts (by name). */
+export function resolvedTransport(spec: Pick<ClusterSpec, 'ring'>, hostA: string, hostB: string): 'tcp' | 'ipc' {
+  if (spec.ring.transport !== 'auto') return spec.ring.transport;
+  return hostA === hostB ? 'ipc' : 'tcp';
+}
+
+export interface RankEntry {
+  /** Global rank: position in the ring. */
+  rank: number;
+  /** Host name. */
+  host: string;
+  /** Address peers connect to. */
+  address: string;
+  /** Address the worker binds (ring.bindAddress, else the host's address). */
+  bindAddress: string;
+  /** Index of the worker among its host's slots. */
+  localRank: number;
+  /** Port the worker binds: basePort + 1 + rank. */
+  port: number;
+  /** Device index for CUDA_VISIBLE_DEVICES. */
+  gpu: number;
+}
+
+/** Every rank of the ring, assigned host by host in file order. */
+export function rankTable(spec: Pick<ClusterSpec, 'hosts' | 'ring'>): RankEntry[] {
+  const out: RankEntry[] = [];
+  for (const h of spec.hosts) {
+    for (let localRank = 0; localRank < h.slots; localRank++) {
+      const rank = out.length;
+      out.push({
+        rank,
+        host: h.name,
+        address: h.address,
+        bindAddress: spec.ring.bindAddress ?? h.address,
+        localRank,
+        port: spec.ring.basePort + 1 + rank,
+        gpu: h.gpus?.[localRank] ?? localRank,
+      });
+    }
+  }
+  return out;
+}
+
+/** The JSON Schema of what may be written in a spec file (defaults are optional there). */
+export function clusterJsonSchema(): Record<string, unknown> {
+  return z.toJSONSchema(ClusterSpecSchema, { io: 'input', target: 'draft-07' }) as Record<string, unknown>;
+}
