@@ -1,0 +1,371 @@
+import { join } from 'node:path';
+import { checkLayout, defaultLayout, shardPositions, type Layout } from '../attention/layout.js';
+import type { ClusterSpec } from '../config/index.js';
+import { UserError } from '../errors.js';
+import { initParams, shardForwardBackward, shardLoss } from '../model/index.js';
+import type { AttentionOp, ModelConfig, ParamSpec, Params } from '../model/types.js';
+import { CHART_FILE, writeLossChart, type LossPoint } from './chart.js';
+import { ensurePrivateDir, latestCheckpoint, listCheckpoints, saveCheckpoint, writeFileAtomic, type LoadedCheckpoint } from './checkpoint.js';
+import type { Corpus } from './corpus.js';
+import { countTargets, createDataSource, shardOf, type DataSource, type DataState, type Window } from './data.js';
+import { MetricsLog, type StepMetrics } from './metrics.js';
+import { adamwStep, clipByGlobalNorm, createAdamWState, decayMask, type AdamWState } from './optimizer.js';
+import { Progress, type ProgressStream } from './progress.js';
+import { learningRate } from './schedule.js';
+
+/** What the training loop needs from the ring; the worker provides it. */
+export interface TrainRing {
+  rank: number;
+  worldSize: number;
+  /** Elementwise sum over ranks, same result on every rank. */
+  allReduceSum(x: Float32Array): Promise<Float32Array>;
+  /** Ring attention bound to this rank's shard positions. */
+  attention(positions: Int32Array): AttentionOp;
+  /** Cumulative, from the ring; the loop reports per-step deltas. */
+  timings(): { computeMs: number; commMs: number; waitMs: number };
+}
+
+export interface TrainOptions {
+  runDir: string;
+  resume: boolean;
+  log: (msg: string, fields?: object) => void;
+  /** Called on every rank after each update (after rank 0 has written that step's files). */
+  onStep?: (m: StepMetrics) => void;
+  /**
+   * Asks for a clean stop: the flag travels in the gradient all-reduce, so every
+   * rank stops after the same update, and rank 0 writes a checkpoint there.
+   */
+  signal?: AbortSignal;
+  /** Rank 0's progress display: true = stderr (default), false = none, or a stream. */
+  progress?: boolean | ProgressStream;
+  /** Directory relative `data.paths` resolve against (the spec loader already makes them absolute). */
+  dataCwd?: string;
+  /** A corpus already in memory, instead of reading `data.paths`. */
+  corpus?: Corpus;
+  /** Checkpoints kept in the run directory (default 3). */
+  keepCheckpoints?: number;
+  /** Steps between rewrites of the loss chart (default 10; also at every eval and at the end). */
+  chartEvery?: number;
+}
+
+export interface TrainResult {
+  /** Mean train loss of the last update (of the checkpoint, when a resumed run had nothing left to do). */
+  finalLoss: number;
+  /** Completed updates, counting those before a resume. */
+  steps: number;
+}
+
+export const SPEC_FILE = 'spec.json';
+
+/** The layout the spec asks for, `auto` resolved. */
+export function resolveLayout(attention: { causal: boolean; layout: string }): Layout {
+  return attention.layout === 'auto' ? defaultLayout(attention.causal) : (attention.layout as Layout);
+}
+
+// The all-reduce carries float32: integers up to 2^53 travel as four 16-bit
+// chunks, each exact in float32 and exact when summed with zeros.
+function encodeInt(x: number, out: Float32Array, at: number): void {
+  let v = x;
+  for (let i = 0; i < 4; i++) {
+    out[at + i] = v % 65536;
+    v = Math.floor(v / 65536);
+  }
+}
+function decodeInt(a: Float32Array, at: number): number {
+  let v = 0;
+  for (let i = 3; i >= 0; i--) v = v * 65536 + a[at + i];
+  return v;
+}
+
+function sameSpecs(a: readonly ParamSpec[], b: readonly ParamSpec[]): string | null {
+  if (a.length !== b.length) return `${a.length} parameter tensors, the model has ${b.length}`;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i];
+    const y = b[i];
+    if (x.name !== y.name || x.offset !== y.offset || x.shape.join('x') !== y.shape.join('x')) {
+      return `parameter ${i} is ${x.name} [${x.shape.join(', ')}], the model has ${y.name} [${y.shape.join(', ')}]`;
+    }
+  }
+  return null;
+}
+
+interface ResumeState {
+  step: number;
+  dataSeed: number;
+  lastLoss: number;
+}
+
+const RESUME_NONE = 0;
+const RESUME_FOUND = 1;
+const RESUME_FAILED = 2;
+
+/**
+ * Rank 0 alone reads the run directory (it need not be shared between hosts);
+ * the outcome, then the parameters and optimizer state, reach the other ranks
+ * through the all-reduce, with every other rank contributing zeros (x + 0 is
+ * exact, so every rank ends up bit-identical to the checkpoint).
+ */
+async function resumeFromCheckpoint(
+  ring: TrainRing,
+  spec: ClusterSpec,
+  opts: TrainOptions,
+  params: Params,
+  opt: AdamWState,
+): Promise<ResumeState | null> {
+  const header = new Float32Array(10);
+  let ckpt: LoadedCheckpoint | null = null;
+  let failure: UserError | null = null;
+  if (ring.rank === 0) {
+    try {
+      ckpt = latestCheckpoint(opts.runDir, (m) => opts.log(m, { warning: true }));
+      if (ckpt) {
+        const why = sameSpecs(ckpt.params.specs, params.specs);
+        if (why) throw new UserError(`checkpoint ${ckpt.path} was written for a different model: ${why}`);
+        const old = (ckpt.spec as Partial<ClusterSpec> | undefined)?.train;
+        if (old) {
+          const changed = (Object.keys(spec.train) as (keyof typeof spec.train)[]).filter((k) => old[k] !== spec.train[k]);
+          if (changed.length > 0) {
+            opts.log(`resuming with changed train settings (${changed.join(', ')}): the run will not match an uninterrupted one`, { warning: true, changed });
+          }
+        }
+      }
+    } catch (e) {
+      if (!(e instanceof UserError)) throw e;
+      failure = e;
+    }
+    header[0] = failure ? RESUME_FAILED : ckpt ? RESUME_FOUND : RESUME_NONE;
+    if (ckpt) {
+      encodeInt(ckpt.step, header, 1);
+      encodeInt(ckpt.dataState.seed, header, 5);
+      header[9] = typeof ckpt.extra?.loss === 'number' ? ckpt.extra.loss : NaN;
+    }
+  }
+  const h = await ring.allReduceSum(header);
+  if (h[0] === RESUME_FAILED) {
+    throw failure ?? new UserError('rank 0 could not load a checkpoint to resume from; see its log');
+  }
+  if (h[0] === RESUME_NONE) {
+    opts.log(`no checkpoint in ${opts.runDir}: starting from step 0`);
+    return null;
+  }
+  const n = params.flat.length;
+  const state = new Float32Array(3 * n);
+  if (ckpt) {
+    state.set(ckpt.params.flat, 0);
+    state.set(ckpt.opt.m, n);
+    state.set(ckpt.opt.v, 2 * n);
+  }
+  const all = await ring.allReduceSum(state);
+  params.flat.set(all.subarray(0, n));
+  opt.m.set(all.subarray(n, 2 * n));
+  opt.v.set(all.subarray(2 * n, 3 * n));
+  const step = decodeInt(h, 1);
+  // Optimizer updates and data position advance together: one update per step.
+  opt.step = step;
+  if (ckpt) opts.log(`resumed from ${ckpt.path} at step ${step}`, { step, checkpoint: ckpt.path });
+  return { step, dataSeed: decodeInt(h, 5), lastLoss: h[9] };
+}
+
+function delta(a: { computeMs: number; commMs: number; waitMs: number }, b: typeof a): typeof a {
+  return { computeMs: b.computeMs - a.computeMs, commMs: b.commMs - a.commMs, waitMs: b.waitMs - a.waitMs };
+}
+
+/**
+ * Mean held-out loss over evalBatches*batch fixed windows (the same windows at
+ * every evaluation, so successive values are comparable).
+ */
+async function evaluate(
+  ring: TrainRing,
+  cfg: ModelConfig,
+  params: Params,
+  data: DataSource,
+  positions: Int32Array,
+  attn: AttentionOp,
+  count: number,
+  seed: number,
+): Promise<number> {
+  const windows: Window[] = [];
+  let total = 0;
+  for (let j = 0; j < count; j++) {
+    const w = data.windowFor(0, j, 'eval', seed);
+    windows.push(w);
+    total += countTargets(w);
+  }
+  let local = 0;
+  for (const w of windows) {
+    const r = await shardLoss(cfg, params, shardOf(w, positions), attn);
+    local += r.lossSum;
+  }
+  const red = await ring.allReduceSum(Float32Array.of(total > 0 ? local / total : 0));
+  return red[0];
+}
+
+/**
+ * The training loop, run by every worker of the ring in lockstep. Every rank
+ * builds the same windows and the same parameters; each computes on its layout
+ * shard, and one all-reduce per update carries the summed gradients, the loss
+ * and the stop flag. Rank 0 alone writes the run directory.
+ */
+export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptions): Promise<TrainResult> {
+  const t = spec.train;
+  const cfg: ModelConfig = spec.model;
+  const { rank, worldSize } = ring;
+  const lead = rank === 0;
+  const layout = resolveLayout(spec.attention);
+  checkLayout(layout, t.seqLen, worldSize);
+  if (!spec.attention.causal) {
+    opts.log('attention.causal is false: every token sees its own target, so the next-token loss is meaningless', { warning: true });
+  }
+  const positions = shardPositions(layout, t.seqLen, worldSize, rank);
+  const attn = ring.attention(positions);
+  const data = createDataSource(spec.data, t.seqLen, cfg.vocabSize, { cwd: opts.dataCwd, corpus: opts.corpus });
+
+  const params = initParams(cfg, t.seed);
+  const P = params.flat.length;
+  const opt = createAdamWState(P);
+  const mask = decayMask(params.specs, P);
+  const metrics = new MetricsLog(opts.runDir);
+  const chartPath = join(opts.runDir, CHART_FILE);
+  const chartEvery = Math.max(1, opts.chartEvery ?? 10);
+  const evalCount = t.evalBatches * t.batch;
+  const doEval = t.evalEvery > 0 && evalCount > 0 && data.hasEval;
+
+  if (lead) {
+    ensurePrivateDir(opts.runDir);
+    writeFileAtomic(join(opts.runDir, SPEC_FILE), JSON.stringify(spec, null, 2) + '\n');
+  }
+
+  let startStep = 0;
+  let dataSeed = t.seed;
+  let finalLoss = NaN;
+  const resumed = opts.resume ? await resumeFromCheckpoint(ring, spec, opts, params, opt) : null;
+  if (resumed) {
+    startStep = resumed.step;
+    dataSeed = resumed.dataSeed;
+    finalLoss = resumed.lastLoss;
+  }
+  const points: LossPoint[] = [];
+  if (lead && !resumed && listCheckpoints(opts.runDir).length > 0) {
+    opts.log(`${opts.runDir} already holds checkpoints of an earlier run; this run replaces them as it writes its own (use --resume to continue it)`, { warning: true });
+  }
+  if (lead) {
+    // Records past the checkpoint are about to be recomputed; a fresh run starts a fresh file.
+    metrics.truncateAfter(resumed ? startStep : 0);
+    for (const r of metrics.read()) points.push({ step: r.step, loss: r.loss, evalLoss: r.evalLoss });
+  }
+  opts.log(
+    `training ${P} parameters on ${data.describe()}; rank ${rank}/${worldSize}, ${layout} layout, ` +
+      `${t.batch} x ${t.seqLen} tokens per step, steps ${startStep + 1}..${t.steps}`,
+    { params: P, layout, rank, worldSize, startStep, steps: t.steps },
+  );
+
+  const progressStream = opts.progress === false ? null : opts.progress === true || opts.progress === undefined ? process.stderr : opts.progress;
+  const progress = lead && progressStream ? new Progress({ total: t.steps, startStep, logEvery: t.logEvery, stream: progressStream }) : null;
+
+  const checkpoint = (step: number, loss: number): void => {
+    const dataState: DataState = { step, seed: dataSeed };
+    const path = saveCheckpoint(
+      opts.runDir,
+      { step, params, opt, dataState, spec, extra: { loss, worldSize, layout } },
+      { keep: opts.keepCheckpoints },
+    );
+    opts.log(`checkpoint ${path}`, { step, checkpoint: path });
+  };
+
+  let step = startStep;
+  try {
+    while (step < t.steps) {
+      const s = step; // 0-based index of this update
+      const t0 = performance.now();
+      const ring0 = ring.timings();
+      const lr = learningRate(s, t);
+
+      const windows: Window[] = [];
+      let tokens = 0;
+      for (let b = 0; b < t.batch; b++) {
+        const w = data.windowFor(s, b, 'train', dataSeed);
+        windows.push(w);
+        tokens += countTargets(w);
+      }
+      // Every rank sees every window, so the global token count (the loss
+      // denominator) is known locally and the gradients come out already averaged.
+      const scale = tokens > 0 ? 1 / tokens : 0;
+      const buf = new Float32Array(P + 2);
+      let lossSum = 0;
+      for (const w of windows) {
+        const r = await shardForwardBackward(cfg, params, shardOf(w, positions), attn, scale);
+        const g = r.grads;
+        for (let i = 0; i < P; i++) buf[i] += g[i];
+        lossSum += r.lossSum;
+      }
+      // One all-reduce carries the gradients, this rank's share of the mean loss, and the stop flag.
+      buf[P] = lossSum * scale;
+      buf[P + 1] = opts.signal?.aborted ? 1 : 0;
+      const ta = performance.now();
+      const red = await ring.allReduceSum(buf);
+      const allReduceMs = performance.now() - ta;
+      const loss = red[P];
+      const stop = red[P + 1] > 0;
+      const grads = red.subarray(0, P);
+      const gradNorm = clipByGlobalNorm(grads, t.gradClip);
+      if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+        throw new UserError(
+          `training diverged at step ${s + 1}: loss ${loss}, gradient norm ${gradNorm}; lower train.lr or set train.gradClip`,
+        );
+      }
+      adamwStep(params.flat, grads, opt, { lr, beta1: t.beta1, beta2: t.beta2, eps: t.eps, weightDecay: t.weightDecay }, mask);
+      step = s + 1;
+      finalLoss = loss;
+
+      let evalLoss: number | undefined;
+      if (doEval && (step % t.evalEvery === 0 || step === t.steps)) {
+        evalLoss = await evaluate(ring, cfg, params, data, positions, attn, evalCount, dataSeed);
+      }
+
+      const stepMs = performance.now() - t0;
+      const d = delta(ring0, ring.timings());
+      const m: StepMetrics = {
+        step,
+        loss,
+        ...(evalLoss !== undefined ? { evalLoss } : {}),
+        lr,
+        gradNorm,
+        tokensPerSec: (t.batch * t.seqLen) / (stepMs / 1000),
+        stepMs,
+        computeMs: Math.max(0, stepMs - d.commMs - d.waitMs),
+        commMs: d.commMs,
+        waitMs: d.waitMs,
+        attnComputeMs: d.computeMs,
+        allReduceMs,
+        tokens,
+        time: new Date().toISOString(),
+      };
+
+      if (lead) {
+        metrics.append(m);
+        points.push({ step, loss, evalLoss });
+        if (step % chartEvery === 0 || evalLoss !== undefined || step === t.steps || stop) {
+          writeLossChart(chartPath, points, { title: `${spec.name}: loss` });
+        }
+        if ((t.checkpointEvery > 0 && step % t.checkpointEvery === 0) || step === t.steps || stop) {
+          checkpoint(step, loss);
+        }
+        progress?.update({ step, loss, evalLoss, tokensPerSec: m.tokensPerSec, lr });
+      }
+      if (step % t.logEvery === 0 || step === t.steps || evalLoss !== undefined) {
+        opts.log(
+          `step ${step}/${t.steps} loss ${loss.toFixed(4)}${evalLoss !== undefined ? ` eval ${evalLoss.toFixed(4)}` : ''}`,
+          m,
+        );
+      }
+      opts.onStep?.(m);
+      if (stop) {
+        opts.log(`stopped on request after step ${step}`, { step });
+        break;
+      }
+    }
+  } finally {
+    progress?.done();
+  }
+  return { finalLoss, steps: step };
+}
