@@ -30,8 +30,10 @@ export interface RingOptions {
   rank: number;
   worldSize: number;
   jobId: string;
-  /** Endpoint this rank's receive socket binds, e.g. tcp://127.0.0.1:29501 or ipc:///tmp/x.sock. */
+  /** Endpoint this rank's receive socket binds, e.g. tcp://127.0.0.1:29501. */
   bind: string;
+  /** More endpoints for the same socket, e.g. an ipc path for a predecessor on the same host. */
+  extraBinds?: string[];
   next: RingPeer;
   prev: RingPeer;
   opTimeoutMs: number;
@@ -119,7 +121,7 @@ export class Ring {
   static async open(opts: RingOptions): Promise<Ring> {
     const ring = new Ring(opts);
     try {
-      await ring.pull.bind(opts.bind);
+      for (const ep of [opts.bind, ...(opts.extraBinds ?? [])]) await ring.pull.bind(ep);
       ring.push.connect(opts.next.endpoint);
       ring.watchLinks();
       void ring.receiveLoop();

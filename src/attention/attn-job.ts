@@ -1,0 +1,172 @@
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, renameSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { UserError } from '../errors.js';
+import { loadKernel, type KernelName } from '../kernels/index.js';
+import type { JobDefinition } from '../launch/job.js';
+import { readNpyAs, writeNpy } from '../tensor/npy.js';
+import { selectBackend, type BackendWant } from '../tensor/backend.js';
+import { checkLayout, defaultLayout, gatherShard, LAYOUTS, scatterShard, shardPositions, type Layout } from './layout.js';
+import { ringAttentionBackward, ringAttentionForward } from './ring-attention.js';
+
+/**
+ * `ringattn attn`: ring attention on user arrays (.npy, [seq, heads, dim]), so
+ * results can be compared with PyTorch or JAX. The launcher reads and checks
+ * the files, hands each rank its layout shard, and reassembles the outputs.
+ */
+
+export interface AttnRequest {
+  q: string;
+  k: string;
+  v: string;
+  dout?: string;
+  segments?: string;
+  causal: boolean;
+  layout?: Layout;
+  out: string;
+}
+
+export interface AttnInputs {
+  seqLen: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  causal: boolean;
+  layout: Layout;
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  dout?: Float32Array;
+  segments?: Int32Array;
+  out: string;
+}
+
+/** Inputs read by the CLI, handed to the driver in the same process (never sent as job arguments). */
+const prepared = new Map<string, AttnInputs>();
+
+/** Reads and checks every input file; all errors are one line naming the file. */
+export function prepareAttn(req: AttnRequest, worldSize: number): string {
+  const q = readNpyAs(req.q, 'float32', 3);
+  const k = readNpyAs(req.k, 'float32', 3);
+  const v = readNpyAs(req.v, 'float32', 3);
+  const [seqLen, heads, headDim] = q.shape;
+  const [kLen, kvHeads, kDim] = k.shape;
+  if (kLen !== seqLen || kDim !== headDim) throw new UserError(`${req.k}: shape [${k.shape}] does not fit q's [${q.shape}]: expected [${seqLen}, kv_heads, ${headDim}]`);
+  if (v.shape.join() !== k.shape.join()) throw new UserError(`${req.v}: shape [${v.shape}] differs from k's [${k.shape}]`);
+  if (kvHeads < 1 || heads % kvHeads !== 0) throw new UserError(`${req.k}: ${kvHeads} KV heads do not divide q's ${heads} heads`);
+  let dout: Float32Array | undefined;
+  if (req.dout) {
+    const d = readNpyAs(req.dout, 'float32', 3);
+    if (d.shape.join() !== q.shape.join()) throw new UserError(`${req.dout}: shape [${d.shape}] differs from q's [${q.shape}]`);
+    dout = d.data;
+  }
+  let segments: Int32Array | undefined;
+  if (req.segments) {
+    const s = readNpyAs(req.segments, 'int32', 1);
+    if (s.shape[0] !== seqLen) throw new UserError(`${req.segments}: ${s.shape[0]} segment ids for a sequence of ${seqLen}`);
+    segments = s.data;
+  }
+  const layout = req.layout ?? defaultLayout(req.causal);
+  if (!LAYOUTS.includes(layout)) throw new UserError(`--layout: expected one of ${LAYOUTS.join(', ')}, got "${layout}"`);
+  checkLayout(layout, seqLen, worldSize);
+  const token = randomBytes(8).toString('hex');
+  prepared.set(token, { seqLen, heads, kvHeads, headDim, causal: req.causal, layout, q: q.data, k: k.data, v: v.data, dout, segments, out: req.out });
+  return token;
+}
+
+interface ShardMeta {
+  seqLen: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  causal: boolean;
+  layout: Layout;
+  hasDout: boolean;
+  hasSegments: boolean;
+}
+
+export const attnJob: JobDefinition = {
+  kind: 'attn',
+  async worker(ctx) {
+    const { value, blobs } = await ctx.input('shard');
+    const m = value as ShardMeta;
+    const [q, k, v, ...rest] = blobs as Float32Array[];
+    const dout = m.hasDout ? rest.shift() : undefined;
+    const segments = m.hasSegments ? (rest.shift() as unknown as Int32Array) : undefined;
+    await selectBackend(ctx.spec.backend as BackendWant);
+    const { kernel } = await loadKernel(ctx.spec.kernel as KernelName, { tileQ: ctx.spec.attention.tileQ, tileKV: ctx.spec.attention.tileKV, threads: ctx.spec.threads });
+    const cfg = {
+      ring: ctx.ring,
+      kernel,
+      causal: m.causal,
+      heads: m.heads,
+      kvHeads: m.kvHeads,
+      headDim: m.headDim,
+      overlap: ctx.spec.attention.overlap,
+      positionsOf: (r: number) => shardPositions(m.layout, m.seqLen, ctx.worldSize, r),
+      segments,
+    };
+    const fwd = await ringAttentionForward(cfg, q, k, v);
+    const out = [fwd.o, fwd.lse];
+    if (dout) {
+      const g = await ringAttentionBackward(cfg, { q, k, v, o: fwd.o, lse: fwd.lse }, dout);
+      out.push(g.dq, g.dk, g.dv);
+    }
+    ctx.log.info({ kernel: kernel.name }, `rank ${ctx.rank}: ${q.length / (m.heads * m.headDim)} query rows done`);
+    await ctx.result('out', null, out);
+  },
+  async driver(ctx) {
+    const inputs = prepared.get(String(ctx.args.token));
+    if (!inputs) throw new Error('attn: the driver has no prepared inputs');
+    const { seqLen, heads, kvHeads, headDim, layout } = inputs;
+    const n = ctx.worldSize;
+    const qw = heads * headDim;
+    const kw = kvHeads * headDim;
+    for (let r = 0; r < n; r++) {
+      const pos = shardPositions(layout, seqLen, n, r);
+      const blobs = [gatherShard(inputs.q, pos, qw), gatherShard(inputs.k, pos, kw), gatherShard(inputs.v, pos, kw)] as Array<Float32Array | Int32Array>;
+      if (inputs.dout) blobs.push(gatherShard(inputs.dout, pos, qw));
+      if (inputs.segments) blobs.push(gatherShard(inputs.segments, pos, 1));
+      const meta: ShardMeta = { seqLen, heads, kvHeads, headDim, causal: inputs.causal, layout, hasDout: !!inputs.dout, hasSegments: !!inputs.segments };
+      await ctx.send(r, 'shard', meta, blobs);
+    }
+    const o = new Float32Array(seqLen * qw);
+    const lse = new Float32Array(heads * seqLen);
+    const grads = inputs.dout ? { dq: new Float32Array(seqLen * qw), dk: new Float32Array(seqLen * kw), dv: new Float32Array(seqLen * kw) } : null;
+    for (let r = 0; r < n; r++) {
+      const pos = shardPositions(layout, seqLen, n, r);
+      const [ro, rlse, dq, dk, dv] = (await ctx.result(r, 'out')).blobs as Float32Array[];
+      scatterShard(o, ro, pos, qw);
+      // lse is [heads, seq]: scatter per head.
+      for (let h = 0; h < heads; h++) for (let i = 0; i < pos.length; i++) lse[h * seqLen + pos[i]] = rlse[h * pos.length + i];
+      if (grads) {
+        scatterShard(grads.dq, dq, pos, qw);
+        scatterShard(grads.dk, dk, pos, kw);
+        scatterShard(grads.dv, dv, pos, kw);
+      }
+    }
+    prepared.delete(String(ctx.args.token));
+    return writeOutputs(inputs.out, { o, lse, grads, seqLen, heads, kvHeads, headDim });
+  },
+};
+
+/** Writes every output into a hidden folder first, then moves them in: all files or none. */
+function writeOutputs(dir: string, r: { o: Float32Array; lse: Float32Array; grads: { dq: Float32Array; dk: Float32Array; dv: Float32Array } | null; seqLen: number; heads: number; kvHeads: number; headDim: number }): string[] {
+  mkdirSync(dir, { recursive: true });
+  const tmp = path.join(dir, `.ringattn-tmp-${randomBytes(4).toString('hex')}`);
+  mkdirSync(tmp);
+  const files: Array<[string, Float32Array, number[]]> = [
+    ['out.npy', r.o, [r.seqLen, r.heads, r.headDim]],
+    ['lse.npy', r.lse, [r.heads, r.seqLen]],
+  ];
+  if (r.grads) {
+    files.push(['dq.npy', r.grads.dq, [r.seqLen, r.heads, r.headDim]], ['dk.npy', r.grads.dk, [r.seqLen, r.kvHeads, r.headDim]], ['dv.npy', r.grads.dv, [r.seqLen, r.kvHeads, r.headDim]]);
+  }
+  try {
+    for (const [name, data, shape] of files) writeNpy(path.join(tmp, name), data, shape);
+    for (const [name] of files) renameSync(path.join(tmp, name), path.join(dir, name));
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+  return files.map(([name]) => path.join(dir, name));
+}

@@ -1,0 +1,168 @@
+import { Command, CommanderError } from 'commander';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { UserError } from '../errors.js';
+import { prepareAttn } from '../attention/attn-job.js';
+import { LAYOUTS, type Layout } from '../attention/layout.js';
+import { worldSize, type ClusterSpec } from '../config/index.js';
+import type { DoctorReport } from '../launch/doctor-job.js';
+import { runJob } from '../launch/launcher.js';
+import { machineFilePath } from '../plan/presets.js';
+import { intFlag, resolveSpec } from './common.js';
+import { planCommand } from './plan.js';
+import { workerCommand } from './worker.js';
+
+/** Ranks to show on the console, from `--ranks 0,2`. */
+function parseRanks(s?: string): number[] | undefined {
+  if (!s) return undefined;
+  return s.split(',').map((x) => intFlag(x.trim(), '--ranks', 0));
+}
+
+function trainCommand(): Command {
+  return new Command('train')
+    .description('train a transformer whose sequences are sharded across the ring (default: the localhost ring of configs/localhost.yaml)')
+    .option('--config <file>', 'cluster spec (YAML)')
+    .option('--run-dir <dir>', 'run directory (default <runDir>/train-<timestamp>)')
+    .option('--resume', 'continue the run in --run-dir from its latest valid checkpoint')
+    .option('--ranks <list>', 'show only these ranks\' log lines, e.g. 0,2')
+    .option('--quiet', 'no worker log lines on the console')
+    .action(async (opts: { config?: string; runDir?: string; resume?: boolean; ranks?: string; quiet?: boolean }) => {
+      if (opts.resume && !opts.runDir) throw new UserError('--resume needs --run-dir: the run to continue');
+      const spec = resolveSpec({ config: opts.config });
+      process.stderr.write(`ringattn train: ${worldSize(spec)} worker(s) on ${spec.hosts.map((h) => `${h.name}x${h.slots}`).join(', ')}, ${spec.train.steps} steps of ${spec.train.seqLen} tokens\n`);
+      const { runDir, value } = await runJob(spec, { kind: 'train', args: { resume: !!opts.resume } }, { runDir: opts.runDir, quiet: opts.quiet, ranks: parseRanks(opts.ranks) });
+      const r = value as { finalLoss: number; steps: number };
+      process.stdout.write(`trained ${r.steps} steps, final loss ${r.finalLoss.toFixed(4)}; run directory ${runDir}\n`);
+    });
+}
+
+function attnCommand(): Command {
+  return new Command('attn')
+    .description('ring attention on .npy arrays [seq, heads, dim] (float32), for checking against PyTorch or JAX')
+    .requiredOption('--q <file>', 'queries [seq, heads, dim]')
+    .requiredOption('--k <file>', 'keys [seq, kv_heads, dim]')
+    .requiredOption('--v <file>', 'values [seq, kv_heads, dim]')
+    .option('--dout <file>', 'gradient of the output [seq, heads, dim]: also writes dq, dk, dv')
+    .option('--segments <file>', 'document id per token [seq] (int32/int64), for packed sequences')
+    .option('--causal', 'causal mask', false)
+    .option('--layout <layout>', `token layout: ${LAYOUTS.join(', ')} (default zigzag when causal, else contiguous)`)
+    .option('--workers <n>', 'ring of N local workers (instead of --config)')
+    .option('--config <file>', 'cluster spec (YAML)')
+    .requiredOption('--out <dir>', 'output folder for out.npy, lse.npy (and dq/dk/dv.npy)')
+    .action(async (opts: { q: string; k: string; v: string; dout?: string; segments?: string; causal: boolean; layout?: string; workers?: string; config?: string; out: string }) => {
+      const spec = resolveSpec({ config: opts.config, workers: opts.workers });
+      const token = prepareAttn({ ...opts, layout: opts.layout as Layout | undefined }, worldSize(spec));
+      const { value } = await runJob(spec, { kind: 'attn', args: { token } }, { quiet: true });
+      for (const f of value as string[]) process.stdout.write(`${f}\n`);
+    });
+}
+
+function formatDoctor(r: DoctorReport, spec: ClusterSpec): string {
+  const lines: string[] = [];
+  for (const x of r.ranks) {
+    lines.push(`rank ${x.rank} (${x.host}): node ${x.node}, ring endpoint ${x.endpoint} bound, ${x.memoryGB.toFixed(1)} GiB memory`);
+    for (const b of x.backends) lines.push(`  backend ${b.name.padEnd(14)} ${b.available ? (b.gpu ? 'usable (GPU)' : 'usable') : `unavailable: ${b.reason ?? ''}`}`);
+    lines.push(`  attention kernel ${x.kernel}: ${x.kernelGflops.toFixed(1)} GFLOP/s forward (${x.kernelReason})`);
+  }
+  lines.push(`ring of ${r.ranks.length} (base port ${spec.ring.basePort}): hop latency ${r.latencyUs.toFixed(0)} us`);
+  for (const h of r.hops) lines.push(`  hop ${String(h.bytes / 2 ** 20).padStart(3)} MiB: ${h.ms.toFixed(2)} ms, ${h.gbps.toFixed(2)} GB/s`);
+  lines.push(`  all-reduce ${r.allReduce.bytes / 2 ** 20} MiB: ${r.allReduce.ms.toFixed(1)} ms, bus ${r.allReduce.busGBps.toFixed(2)} GB/s`);
+  return lines.join('\n');
+}
+
+function doctorCommand(): Command {
+  return new Command('doctor')
+    .description('launch the ring and check it: hosts, Node, backends, kernel speed, hop latency and bandwidth, all-reduce')
+    .option('--config <file>', 'cluster spec (YAML)')
+    .option('--workers <n>', 'ring of N local workers (instead of --config)')
+    .option('--json', 'print the report as JSON')
+    .action(async (opts: { config?: string; workers?: string; json?: boolean }) => {
+      const spec = resolveSpec(opts);
+      let report: DoctorReport;
+      try {
+        report = (await runJob(spec, { kind: 'doctor', args: {} }, { quiet: true })).value as DoctorReport;
+      } catch (err) {
+        process.stdout.write(`FAIL: ${(err as Error).message}\n`);
+        throw new UserError('doctor: the ring does not work', 1);
+      }
+      if (opts.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+      else process.stdout.write(`${formatDoctor(report, spec)}\n`);
+      // Calibrate plan's "this-machine" device from rank 0's measurements.
+      const big = report.hops[report.hops.length - 1];
+      const machine = { tflops: report.ranks[0].kernelGflops / 1000, linkGBps: big.gbps, memoryGB: report.ranks[0].memoryGB, measuredAt: new Date().toISOString() };
+      const file = machineFilePath();
+      mkdirSync(path.dirname(file), { recursive: true });
+      writeFileSync(file, `${JSON.stringify(machine, null, 2)}\n`);
+      process.stdout.write(`PASS: the ring of ${report.ranks.length} works (measurements saved to ${file} for \`ringattn plan --device this-machine\`)\n`);
+    });
+}
+
+function generateCommand(): Command {
+  return new Command('generate')
+    .description('sample text from a trained checkpoint')
+    .requiredOption('--checkpoint <dir>', 'a checkpoint folder, or a run directory (its latest valid checkpoint)')
+    .option('--prompt <text>', 'text to continue', '')
+    .option('--tokens <n>', 'new tokens to sample', '200')
+    .option('--temperature <t>', 'sampling temperature (0 = greedy)', '0.8')
+    .option('--top-k <k>', 'sample among the k most likely tokens')
+    .option('--seed <n>', 'sampling seed', '0')
+    .action(async (opts: { checkpoint: string; prompt: string; tokens: string; temperature: string; topK?: string; seed: string }) => {
+      const { resolveCheckpoint } = await import('../train/checkpoint.js');
+      const { generate } = await import('../model/index.js');
+      const { selectBackend } = await import('../tensor/backend.js');
+      const ckpt = resolveCheckpoint(opts.checkpoint);
+      const spec = ckpt.spec as ClusterSpec;
+      await selectBackend('auto');
+      const temperature = Number(opts.temperature);
+      if (!(temperature >= 0)) throw new UserError(`--temperature: expected a number >= 0, got "${opts.temperature}"`);
+      const prompt = Buffer.from(opts.prompt || '\n', 'utf8');
+      const out = await generate(spec.model, ckpt.params, Int32Array.from(prompt), {
+        maxNewTokens: intFlag(opts.tokens, '--tokens', 0),
+        temperature,
+        topK: opts.topK === undefined ? undefined : intFlag(opts.topK, '--top-k'),
+        seed: intFlag(opts.seed, '--seed', 0),
+        maxContext: spec.train.seqLen,
+      });
+      process.stdout.write(`${Buffer.from(Uint8Array.from(out)).toString('utf8')}\n`);
+    });
+}
+
+export function buildProgram(): Command {
+  const program = new Command('ringattn')
+    .description('Ring Attention: train transformers on sequences sharded across a ZeroMQ ring of workers')
+    .version('0.1.0')
+    .showHelpAfterError(false)
+    .exitOverride();
+  program.addCommand(trainCommand());
+  program.addCommand(benchPlaceholder());
+  program.addCommand(planCommand());
+  program.addCommand(attnCommand());
+  program.addCommand(doctorCommand());
+  program.addCommand(generateCommand());
+  program.addCommand(workerCommand(), { hidden: true });
+  for (const c of program.commands) c.exitOverride();
+  return program;
+}
+
+function benchPlaceholder(): Command {
+  return new Command('bench').description('measure ring attention').action(() => {
+    throw new UserError('bench: not available in this build');
+  });
+}
+
+/** Runs the CLI; user mistakes print one line and exit non-zero, never a stack trace. */
+export async function main(argv: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Commander already printed its message (or the help); keep its exit code, but 2 for usage errors.
+      process.exit(err.exitCode === 0 ? 0 : 2);
+    }
+    if (err instanceof UserError) {
+      process.stderr.write(`ringattn: ${err.message}\n`);
+      process.exit(err.exitCode);
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,184 @@
+import * as zmq from 'zeromq';
+import type { Payload } from '../ring/frame.js';
+import type { CurveKeys } from '../ring/transport.js';
+import { decodeControl, encodeControl, MAX_CONTROL_BYTES, PROTOCOL_VERSION, type CoordinatorMessage, type PeerEntry, type WorkerMessage } from './protocol.js';
+
+/**
+ * The coordinator: a ROUTER socket that workers (DEALERs) report to. It runs
+ * the rendezvous (every rank says hello; once all have, each gets the peer
+ * table), relays driver inputs and worker results, and collects failures.
+ */
+
+export interface CoordinatorOptions {
+  bind: string;
+  worldSize: number;
+  specHash: string;
+  rendezvousTimeoutMs: number;
+  heartbeatIntervalMs: number;
+  heartbeatTimeoutMs: number;
+  hostOf: (rank: number) => string;
+  curve?: CurveKeys;
+}
+
+export interface WorkerFailure {
+  rank: number;
+  host: string;
+  message: string;
+}
+
+type Pending = { value: unknown; blobs: Payload[] };
+
+export class Coordinator {
+  readonly opts: CoordinatorOptions;
+  /** Process id of each rank as it reported in its hello. */
+  readonly pids = new Map<number, number>();
+  private readonly router: zmq.Router;
+  private readonly identities = new Map<number, Buffer>();
+  private readonly hellos = new Map<number, Extract<WorkerMessage, { type: 'hello' }>>();
+  private readonly results = new Map<string, Pending[]>();
+  private readonly resultWaiters = new Map<string, Array<(p: Pending) => void>>();
+  private readonly done = new Set<number>();
+  private onChange: () => void = () => undefined;
+  private closed = false;
+  /** Called for every failure a worker reports, and for protocol violations. */
+  onFailure: (f: WorkerFailure) => void = () => undefined;
+
+  private constructor(opts: CoordinatorOptions) {
+    this.opts = opts;
+    this.router = new zmq.Router({
+      linger: 500,
+      maxMessageSize: MAX_CONTROL_BYTES,
+      heartbeatInterval: opts.heartbeatIntervalMs,
+      heartbeatTimeout: opts.heartbeatTimeoutMs,
+      heartbeatTimeToLive: opts.heartbeatTimeoutMs,
+    });
+    if (opts.curve) {
+      this.router.curveServer = true;
+      this.router.curveSecretKey = opts.curve.secretKey;
+    }
+  }
+
+  static async start(opts: CoordinatorOptions): Promise<Coordinator> {
+    const c = new Coordinator(opts);
+    await c.router.bind(opts.bind);
+    void c.loop();
+    return c;
+  }
+
+  /** Waits for every rank's hello, checks them, and sends out the peer table. */
+  async rendezvous(): Promise<PeerEntry[]> {
+    const deadline = Date.now() + this.opts.rendezvousTimeoutMs;
+    while (this.hellos.size < this.opts.worldSize) {
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        const missing = [...Array(this.opts.worldSize).keys()].filter((r) => !this.hellos.has(r));
+        throw new Error(
+          `rendezvous timed out after ${(this.opts.rendezvousTimeoutMs / 1000).toFixed(0)} s: ` +
+            `missing ${missing.map((r) => `rank ${r} (${this.opts.hostOf(r)})`).join(', ')}`,
+        );
+      }
+      await this.changed(left);
+    }
+    for (const h of this.hellos.values()) {
+      if (h.protocol !== PROTOCOL_VERSION) throw new Error(`rank ${h.rank} (${h.host}) speaks protocol ${h.protocol}, this launcher ${PROTOCOL_VERSION}: install the same ringattn version on every host`);
+      if (h.specHash !== this.opts.specHash) throw new Error(`rank ${h.rank} (${h.host}) runs a different cluster spec (hash ${h.specHash.slice(0, 12)}, expected ${this.opts.specHash.slice(0, 12)})`);
+    }
+    const peers = [...this.hellos.values()].sort((a, b) => a.rank - b.rank).map((h) => ({ rank: h.rank, host: h.host, endpoint: h.endpoint }));
+    for (let r = 0; r < this.opts.worldSize; r++) await this.send(r, { type: 'peers', peers });
+    return peers;
+  }
+
+  async send(rank: number, msg: CoordinatorMessage, blobs: Payload[] = []): Promise<void> {
+    const id = this.identities.get(rank);
+    if (!id || this.closed) return;
+    await this.router.send([id, ...encodeControl(msg, blobs)]);
+  }
+
+  result(rank: number, name: string): Promise<Pending> {
+    const key = `${rank}/${name}`;
+    const queued = this.results.get(key);
+    if (queued?.length) return Promise.resolve(queued.shift()!);
+    return new Promise((resolve) => {
+      const list = this.resultWaiters.get(key) ?? [];
+      list.push(resolve);
+      this.resultWaiters.set(key, list);
+    });
+  }
+
+  /** Resolves when every rank has reported that its job finished. */
+  async allDone(): Promise<void> {
+    while (this.done.size < this.opts.worldSize) await this.changed();
+  }
+
+  hasFinished(rank: number): boolean {
+    return this.done.has(rank);
+  }
+
+  async abort(reason: string): Promise<void> {
+    await Promise.all([...this.identities.keys()].map((r) => this.send(r, { type: 'abort', reason }).catch(() => undefined)));
+  }
+
+  close(): void {
+    this.closed = true;
+    this.router.close();
+  }
+
+  private changed(timeoutMs?: number): Promise<void> {
+    return new Promise((resolve) => {
+      const t = timeoutMs === undefined ? null : setTimeout(resolve, timeoutMs);
+      this.onChange = () => {
+        if (t) clearTimeout(t);
+        resolve();
+      };
+    });
+  }
+
+  private async loop(): Promise<void> {
+    while (!this.closed) {
+      let frames: Buffer[];
+      try {
+        frames = await this.router.receive();
+      } catch {
+        return; // closed
+      }
+      const [id, ...rest] = frames;
+      try {
+        this.handle(id, decodeControl<WorkerMessage>(rest));
+      } catch {
+        // Not a ringattn worker speaking: ignore it; a real worker's silence is caught by the deadlines.
+        continue;
+      }
+      this.onChange();
+    }
+  }
+
+  private handle(id: Buffer, { msg, blobs }: { msg: WorkerMessage; blobs: Payload[] }): void {
+    const rank = msg.rank;
+    if (!Number.isInteger(rank) || rank < 0 || rank >= this.opts.worldSize) throw new Error('bad rank');
+    if (msg.type === 'hello') {
+      if (this.hellos.has(rank)) {
+        this.onFailure({ rank, host: msg.host, message: `two workers claim rank ${rank} (${this.hellos.get(rank)!.host} and ${msg.host})` });
+        return;
+      }
+      this.hellos.set(rank, msg);
+      this.identities.set(rank, id);
+      this.pids.set(rank, msg.pid);
+      return;
+    }
+    if (!this.identities.get(rank)?.equals(id)) throw new Error('message from an unknown peer');
+    if (msg.type === 'result') {
+      const key = `${rank}/${msg.name}`;
+      const waiting = this.resultWaiters.get(key);
+      if (waiting?.length) waiting.shift()!({ value: msg.value, blobs });
+      else {
+        const list = this.results.get(key) ?? [];
+        list.push({ value: msg.value, blobs });
+        this.results.set(key, list);
+      }
+    } else if (msg.type === 'done') {
+      this.done.add(rank);
+    } else if (msg.type === 'failed') {
+      this.onFailure({ rank, host: this.opts.hostOf(rank), message: msg.message });
+    }
+  }
+}

@@ -1,0 +1,114 @@
+import { totalmem } from 'node:os';
+import { loadKernel, type KernelName } from '../kernels/index.js';
+import { allReduceSum, barrier, ringPass } from '../ring/collectives.js';
+import { describeBackends } from '../tensor/backend.js';
+import { randn } from '../tensor/random.js';
+import type { JobDefinition } from './job.js';
+
+/**
+ * `ringattn doctor`: what each worker can use, and how fast the ring really is,
+ * measured with real messages. Rank 0's figures also calibrate `plan`'s
+ * "this-machine" device.
+ */
+
+export interface DoctorRankReport {
+  rank: number;
+  host: string;
+  node: string;
+  endpoint: string;
+  backends: Array<{ name: string; available: boolean; gpu: boolean; reason?: string }>;
+  kernel: string;
+  kernelReason: string;
+  kernelGflops: number;
+  memoryGB: number;
+}
+
+export interface HopFigure {
+  bytes: number;
+  ms: number;
+  gbps: number;
+}
+
+export interface DoctorReport {
+  ranks: DoctorRankReport[];
+  latencyUs: number;
+  hops: HopFigure[];
+  allReduce: { bytes: number; ms: number; busGBps: number };
+}
+
+const MiB = 1 << 20;
+
+async function kernelRate(kernelName: KernelName, threads: number): Promise<{ name: string; reason: string; gflops: number }> {
+  const { kernel, reason } = await loadKernel(kernelName, { tileQ: 128, tileKV: 128, threads });
+  const [n, heads, d] = kernel.name === 'native' ? [1024, 4, 64] : [256, 2, 64];
+  const q = randn(n * heads * d, 1);
+  const k = randn(n * heads * d, 2);
+  const v = randn(n * heads * d, 3);
+  const pos = Int32Array.from({ length: n }, (_, i) => i);
+  const args = { heads, kvHeads: heads, headDim: d, qLen: n, kvLen: n, q, k, v, qPos: pos, kvPos: pos, causal: false, scale: 1 / Math.sqrt(d) };
+  await kernel.forward(args);
+  const t0 = performance.now();
+  let reps = 0;
+  while (performance.now() - t0 < 1000) {
+    await kernel.forward(args);
+    reps++;
+  }
+  const s = (performance.now() - t0) / 1000;
+  return { name: kernel.name, reason, gflops: (4 * n * n * d * heads * reps) / s / 1e9 };
+}
+
+export const doctorJob: JobDefinition = {
+  kind: 'doctor',
+  async worker(ctx) {
+    const { ring, spec } = ctx;
+    const backends = await describeBackends();
+    const k = await kernelRate(spec.kernel as KernelName, spec.threads);
+    const report: DoctorRankReport = {
+      rank: ctx.rank,
+      host: ctx.host,
+      node: process.version,
+      endpoint: ctx.peers[ctx.rank].endpoint,
+      backends,
+      kernel: k.name,
+      kernelReason: k.reason,
+      kernelGflops: k.gflops,
+      memoryGB: totalmem() / 2 ** 30,
+    };
+    await ctx.result('report', report);
+    await barrier(ring);
+    // Latency: many tiny passes. Bandwidth: one block per size, best of three.
+    const tiny = new Float32Array(2);
+    const t0 = performance.now();
+    const rounds = 50;
+    for (let i = 0; i < rounds; i++) await ringPass(ring, 'lat', [tiny]);
+    const latencyUs = ((performance.now() - t0) / rounds) * 1000;
+    const hops: HopFigure[] = [];
+    for (const mib of [1, 4, 16, 64]) {
+      const block = new Float32Array((mib * MiB) / 4).fill(1);
+      let best = Infinity;
+      for (let rep = 0; rep < 3; rep++) {
+        await barrier(ring);
+        const s = performance.now();
+        await ringPass(ring, 'bw', [block]);
+        best = Math.min(best, performance.now() - s);
+      }
+      hops.push({ bytes: mib * MiB, ms: best, gbps: (mib * MiB) / (best / 1000) / 1e9 });
+    }
+    const arBytes = 64 * MiB;
+    const x = new Float32Array(arBytes / 4).fill(1);
+    await barrier(ring);
+    const a0 = performance.now();
+    await allReduceSum(ring, x);
+    const arMs = performance.now() - a0;
+    const n = ctx.worldSize;
+    // Bus bandwidth: the bytes each rank moves in a ring all-reduce, 2(n-1)/n of the array.
+    const busGBps = n > 1 ? ((2 * (n - 1)) / n) * arBytes / (arMs / 1000) / 1e9 : 0;
+    if (ctx.rank === 0) await ctx.result('ring', { latencyUs, hops, allReduce: { bytes: arBytes, ms: arMs, busGBps } });
+  },
+  async driver(ctx): Promise<DoctorReport> {
+    const ranks: DoctorRankReport[] = [];
+    for (let r = 0; r < ctx.worldSize; r++) ranks.push((await ctx.result(r, 'report')).value as DoctorRankReport);
+    const ring = (await ctx.result(0, 'ring')).value as Omit<DoctorReport, 'ranks'>;
+    return { ranks, ...ring };
+  },
+};

@@ -1,0 +1,91 @@
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { rankTable, resolvedSecurity, specHash, type ClusterSpec } from '../config/index.js';
+import { UserError } from '../errors.js';
+import type { CurveKeys } from '../ring/transport.js';
+import { Coordinator } from './coordinator.js';
+import { loadJob } from './jobs.js';
+import { driverContext, tcp } from './launcher.js';
+import { runWorker, workerLogger, type WorkerRole } from './worker.js';
+
+/**
+ * Scheduler mode: Slurm, mpirun or Kubernetes starts `ringattn worker --config
+ * FILE --job KIND` once per rank. Rank and world size come from the
+ * environment; rank 0 also hosts the coordinator and the job's driver. The
+ * scheduler supervises the processes; any rank's failure aborts every rank.
+ */
+
+function envInt(names: string[]): { value: number; from: string } | null {
+  for (const n of names) {
+    const v = process.env[n];
+    if (v === undefined || v === '') continue;
+    const x = Number(v);
+    if (!Number.isInteger(x) || x < 0) throw new UserError(`${n}=${v}: expected a non-negative integer`);
+    return { value: x, from: n };
+  }
+  return null;
+}
+
+export const RANK_VARS = ['RINGATTN_RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK', 'PMI_RANK', 'RANK'];
+export const WORLD_VARS = ['RINGATTN_WORLD_SIZE', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'PMI_SIZE', 'WORLD_SIZE'];
+
+export async function runExternalWorker(spec: ClusterSpec, configFile: string, kind: string, runDir?: string): Promise<void> {
+  const table = rankTable(spec);
+  const rank = envInt(RANK_VARS);
+  const world = envInt(WORLD_VARS);
+  if (!rank || !world) throw new UserError(`scheduler mode needs the rank and world size in the environment (${RANK_VARS[0]}/${WORLD_VARS[0]}, SLURM_PROCID/SLURM_NTASKS or OMPI_COMM_WORLD_RANK/_SIZE)`);
+  if (world.value !== table.length) throw new UserError(`${world.from}=${world.value}, but ${configFile} describes ${table.length} worker slot(s)`);
+  if (rank.value >= world.value) throw new UserError(`${rank.from}=${rank.value} is not below the world size ${world.value}`);
+  const coordinator = process.env.RINGATTN_COORDINATOR ? `tcp://${process.env.RINGATTN_COORDINATOR}` : tcp(table[0].address, spec.ring.basePort);
+  let curve: CurveKeys | undefined;
+  if (resolvedSecurity(spec) === 'curve') {
+    const keyFile = process.env.RINGATTN_CURVE_KEY_FILE;
+    if (!keyFile) throw new UserError('security is curve: scheduler mode needs RINGATTN_CURVE_KEY_FILE (a 0600 JSON file {"publicKey","secretKey"} shared by every rank)');
+    curve = JSON.parse(readFileSync(keyFile, 'utf8')) as CurveKeys;
+  }
+  const e = table[rank.value];
+  const hash = specHash(spec);
+  const role: WorkerRole = {
+    jobId: hash.slice(0, 16),
+    rank: e.rank,
+    worldSize: table.length,
+    host: e.host,
+    localRank: e.localRank,
+    endpoint: tcp(e.address, e.port),
+    coordinator,
+    spec,
+    job: { kind, args: {} },
+    runDir: path.resolve(runDir ?? path.join(spec.runDir, `${kind}-${hash.slice(0, 8)}`)),
+    curve,
+  };
+  const log = workerLogger(role);
+  if (rank.value !== 0) {
+    await runWorker(role, log);
+    return;
+  }
+  const job = await loadJob(kind);
+  const coord = await Coordinator.start({
+    bind: tcp(spec.ring.bindAddress ?? table[0].address, spec.ring.basePort),
+    worldSize: table.length,
+    specHash: hash,
+    rendezvousTimeoutMs: spec.ring.rendezvousTimeoutMs,
+    heartbeatIntervalMs: spec.ring.heartbeatIntervalMs,
+    heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs,
+    hostOf: (r) => table[r].host,
+    curve,
+  });
+  coord.onFailure = (f) => {
+    log.error(`rank ${f.rank} (${f.host}) failed: ${f.message}: aborting every rank`);
+    void coord.abort(`rank ${f.rank} failed`).finally(() => process.exit(1));
+  };
+  const driving = (async () => {
+    await coord.rendezvous();
+    if (job.driver) await job.driver(driverContext(coord, spec, role.runDir, {}, (line) => process.stderr.write(`${line}\n`)));
+    await coord.allDone();
+  })();
+  try {
+    await Promise.all([runWorker(role, log), driving]);
+  } finally {
+    coord.close();
+  }
+}

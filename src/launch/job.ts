@@ -1,0 +1,50 @@
+import type { Logger } from 'pino';
+import type { ClusterSpec } from '../config/index.js';
+import type { Payload } from '../ring/frame.js';
+import type { Ring } from '../ring/transport.js';
+import type { PeerEntry } from './protocol.js';
+
+/**
+ * A job is what a ring of workers runs: train, bench, attn, doctor. Each has a
+ * worker side (runs on every rank, SPMD, with the ring open) and optionally a
+ * driver side (runs in the coordinator: sends inputs, gathers results).
+ */
+
+/** What a worker sees while running a job. */
+export interface WorkerContext {
+  rank: number;
+  worldSize: number;
+  host: string;
+  localRank: number;
+  spec: ClusterSpec;
+  ring: Ring;
+  peers: PeerEntry[];
+  runDir: string;
+  args: Record<string, unknown>;
+  log: Logger;
+  /** Next input the driver sent under `name` (with its binary blobs). */
+  input(name: string): Promise<{ value: unknown; blobs: Payload[] }>;
+  /** Sends a named result to the driver. */
+  result(name: string, value: unknown, blobs?: Payload[]): Promise<void>;
+}
+
+/** What a driver sees in the coordinator. */
+export interface DriverContext {
+  spec: ClusterSpec;
+  worldSize: number;
+  peers: PeerEntry[];
+  runDir: string;
+  args: Record<string, unknown>;
+  send(rank: number, name: string, value: unknown, blobs?: Payload[]): Promise<void>;
+  /** The next result `name` from `rank`. */
+  result(rank: number, name: string): Promise<{ value: unknown; blobs: Payload[] }>;
+  /** Prints to the launcher's console (not a worker log). */
+  print(line: string): void;
+}
+
+export interface JobDefinition {
+  kind: string;
+  worker(ctx: WorkerContext): Promise<void>;
+  /** Runs in the coordinator alongside the workers; its return value is the job's outcome. */
+  driver?(ctx: DriverContext): Promise<unknown>;
+}

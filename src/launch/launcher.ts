@@ -1,0 +1,348 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { createWriteStream, mkdirSync, readdirSync, rmSync, type WriteStream } from 'node:fs';
+import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import * as zmq from 'zeromq';
+import { rankTable, resolvedLaunch, resolvedSecurity, specHash, isLoopback, type ClusterSpec, type HostSpec, type RankEntry } from '../config/index.js';
+import { UserError } from '../errors.js';
+import type { CurveKeys } from '../ring/transport.js';
+import { Coordinator, type WorkerFailure } from './coordinator.js';
+import type { DriverContext } from './job.js';
+import { loadJob } from './jobs.js';
+import type { WorkerRole } from './worker.js';
+
+/**
+ * The launcher: turns a cluster spec into running workers (local processes or
+ * ssh), hosts the coordinator and the job's driver, merges the workers' logs,
+ * and enforces gang semantics: the first worker to fail stops all the others,
+ * and its failure is what the user is told.
+ */
+
+export interface LaunchOptions {
+  /** Run directory; default `<spec.runDir>/<kind>-<timestamp>`. */
+  runDir?: string;
+  /** Print no worker log lines on the console (files still get them). */
+  quiet?: boolean;
+  /** Show only these ranks' log lines on the console. */
+  ranks?: number[];
+  /** Where console lines go; stderr by default, so results on stdout stay clean. */
+  print?: (line: string) => void;
+}
+
+export interface JobOutcome {
+  runDir: string;
+  value: unknown;
+}
+
+/** A job that failed on the ring: the message names the root cause. Exit code 1. */
+export class LaunchError extends UserError {
+  constructor(message: string) {
+    super(message, 1);
+    this.name = 'LaunchError';
+  }
+}
+
+const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
+const CLI_ENTRY = path.join(PACKAGE_ROOT, 'bin', 'ringattn.js');
+const GRACE_MS = 2000;
+/** How long after the first failure other reports are gathered before choosing the root cause. */
+const SETTLE_MS = 400;
+
+interface RankProcess {
+  entry: RankEntry;
+  host: HostSpec;
+  child: ChildProcess;
+  lastLines: string[];
+  exited: boolean;
+  reported: boolean;
+}
+
+function timestamp(): string {
+  return new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '').replace('T', '-');
+}
+
+function coordinatorAddress(spec: ClusterSpec): string {
+  if (process.env.RINGATTN_COORDINATOR_ADDRESS) return process.env.RINGATTN_COORDINATOR_ADDRESS;
+  return spec.hosts.every((h) => isLoopback(h.address)) ? '127.0.0.1' : spec.hosts[0].address;
+}
+
+export function tcp(address: string, port: number): string {
+  return `tcp://${address.includes(':') ? `[${address}]` : address}:${port}`;
+}
+
+function shellQuote(s: string): string {
+  return `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+function workerEnv(spec: ClusterSpec, e: RankEntry, host: HostSpec, world: number, coordinator: string): Record<string, string> {
+  const localWorld = host.slots;
+  return {
+    ...host.env,
+    RINGATTN_RANK: String(e.rank),
+    RINGATTN_WORLD_SIZE: String(world),
+    RINGATTN_LOCAL_RANK: String(e.localRank),
+    RINGATTN_COORDINATOR: coordinator,
+    RANK: String(e.rank),
+    LOCAL_RANK: String(e.localRank),
+    WORLD_SIZE: String(world),
+    LOCAL_WORLD_SIZE: String(localWorld),
+    MASTER_ADDR: new URL(coordinator.replace('tcp://', 'http://')).hostname,
+    MASTER_PORT: String(spec.ring.basePort),
+    CUDA_VISIBLE_DEVICES: String(e.gpu),
+  };
+}
+
+function spawnRank(spec: ClusterSpec, e: RankEntry, host: HostSpec, env: Record<string, string>): ChildProcess {
+  const launch = resolvedLaunch(host);
+  if (launch === 'local') {
+    return spawn(process.execPath, [CLI_ENTRY, 'worker'], {
+      cwd: host.workdir ?? process.cwd(),
+      env: { ...process.env, ...env },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+  }
+  // Remote: the same Node and package paths are expected on every host (a shared
+  // install); the role, including any keys, travels on stdin, never in argv.
+  const ssh = host.ssh ?? { port: 22, options: [] as string[] };
+  const args = ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=accept-new', '-p', String(ssh.port)];
+  if (ssh.identityFile) args.push('-i', ssh.identityFile);
+  for (const o of ssh.options ?? []) args.push('-o', o);
+  const target = ssh.user ? `${ssh.user}@${host.address}` : host.address;
+  const envs = Object.entries(env).map(([k, v]) => `${k}=${shellQuote(v)}`).join(' ');
+  const remote = `cd ${shellQuote(host.workdir ?? PACKAGE_ROOT)} && exec env ${envs} ${shellQuote(process.execPath)} ${shellQuote(CLI_ENTRY)} worker`;
+  return spawn('ssh', [...args, target, remote], { stdio: ['pipe', 'pipe', 'pipe'] });
+}
+
+/** One console line per worker log line: `[rank N host] LEVEL message key=value`. */
+function formatLogLine(line: string, prefix: string): string {
+  try {
+    const rec = JSON.parse(line) as Record<string, unknown>;
+    const { level, msg, time: _t, pid: _p, hostname: _h, rank: _r, host: _host, ...rest } = rec;
+    const lvl = ({ 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40: 'WARN', 50: 'ERROR', 60: 'FATAL' } as Record<number, string>)[level as number] ?? String(level);
+    const extras = Object.entries(rest).map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : v}`).join(' ');
+    return `${prefix} ${lvl} ${msg ?? ''}${extras ? ` ${extras}` : ''}`;
+  } catch {
+    return `${prefix} ${line}`;
+  }
+}
+
+function describeExit(code: number | null, signal: NodeJS.Signals | null): string {
+  return signal ? `was killed by ${signal}` : `exited with code ${code}`;
+}
+
+/** Messages that are consequences of another rank's failure rather than causes. */
+const SECONDARY = /lost the link|lost the coordinator|timed out after|aborted by the launcher|ring closed|ring is closed/;
+
+export async function runJob(spec: ClusterSpec, job: { kind: string; args: Record<string, unknown> }, opts: LaunchOptions = {}): Promise<JobOutcome> {
+  const jobDef = await loadJob(job.kind);
+  const print = opts.print ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const runDir = path.resolve(opts.runDir ?? path.join(spec.runDir, `${job.kind}-${timestamp()}`));
+  mkdirSync(path.join(runDir, 'logs'), { recursive: true, mode: 0o700 });
+  const table = rankTable(spec);
+  const world = table.length;
+  const hostByName = new Map(spec.hosts.map((h) => [h.name, h]));
+  const jobId = randomBytes(8).toString('hex');
+  const curve: CurveKeys | undefined = resolvedSecurity(spec) === 'curve' ? (zmq.curveKeyPair() as CurveKeys) : undefined;
+  const coordinatorEndpoint = tcp(coordinatorAddress(spec), spec.ring.basePort);
+  const coordinator = await Coordinator.start({
+    bind: coordinatorEndpoint,
+    worldSize: world,
+    specHash: specHash(spec),
+    rendezvousTimeoutMs: spec.ring.rendezvousTimeoutMs,
+    heartbeatIntervalMs: spec.ring.heartbeatIntervalMs,
+    heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs,
+    hostOf: (r) => table[r].host,
+    curve,
+  }).catch((err: Error) => {
+    throw new LaunchError(`cannot start the coordinator on ${coordinatorEndpoint}: ${err.message} (is ring.basePort ${spec.ring.basePort} free?)`);
+  });
+
+  const failures: Array<WorkerFailure & { died: boolean }> = [];
+  let failed: (() => void) | null = null;
+  const failedP = new Promise<void>((resolve) => (failed = resolve));
+  const noteFailure = (f: WorkerFailure & { died: boolean }) => {
+    failures.push(f);
+    failed?.();
+  };
+  coordinator.onFailure = (f) => {
+    const p = procs[f.rank];
+    if (p) p.reported = true;
+    noteFailure({ ...f, died: false });
+  };
+
+  const logFiles: WriteStream[] = [];
+  const procs: RankProcess[] = table.map((e) => {
+    const host = hostByName.get(e.host)!;
+    const child = spawnRank(spec, e, host, workerEnv(spec, e, host, world, coordinatorEndpoint));
+    const proc: RankProcess = { entry: e, host, child, lastLines: [], exited: false, reported: false };
+    const role: WorkerRole = {
+      jobId,
+      rank: e.rank,
+      worldSize: world,
+      host: e.host,
+      localRank: e.localRank,
+      endpoint: tcp(e.address, e.port),
+      coordinator: coordinatorEndpoint,
+      spec,
+      job,
+      runDir,
+      curve,
+    };
+    // stdin stays open for the whole job: its closing is how a worker learns the launcher is gone.
+    child.stdin!.on('error', () => undefined);
+    child.stdin!.write(`${JSON.stringify(role)}\n`);
+    const file = createWriteStream(path.join(runDir, 'logs', `rank-${e.rank}.log`), { mode: 0o600 });
+    logFiles.push(file);
+    const prefix = `[rank ${e.rank} ${e.host}]`;
+    const show = !opts.quiet && (!opts.ranks || opts.ranks.includes(e.rank));
+    for (const stream of [child.stdout!, child.stderr!]) {
+      createInterface({ input: stream }).on('line', (line) => {
+        file.write(`${line}\n`);
+        proc.lastLines.push(line);
+        if (proc.lastLines.length > 8) proc.lastLines.shift();
+        if (show) print(formatLogLine(line, prefix));
+      });
+    }
+    child.on('error', (err) => noteFailure({ rank: e.rank, host: e.host, message: `could not be started: ${err.message}`, died: true }));
+    child.on('exit', (code, signal) => {
+      proc.exited = true;
+      if (code === 0 && coordinator.hasFinished(e.rank)) return;
+      const message = code === 0 ? 'exited before finishing its job' : describeExit(code, signal);
+      noteFailure({ rank: e.rank, host: e.host, message, died: !proc.reported });
+    });
+    return proc;
+  });
+
+  let stopping = false;
+  const stopAll = async () => {
+    if (stopping) return;
+    stopping = true;
+    await coordinator.abort('another worker failed');
+    for (const p of procs) p.child.stdin?.end();
+    const alive = () => procs.filter((p) => !p.exited);
+    for (const p of alive()) p.child.kill('SIGTERM');
+    await waitUntil(() => alive().length === 0, GRACE_MS);
+    for (const p of alive()) p.child.kill('SIGKILL');
+    await Promise.all(procs.filter((p) => resolvedLaunch(p.host) === 'ssh').map((p) => killRemote(p, coordinator.pids.get(p.entry.rank))));
+    await waitUntil(() => alive().length === 0, GRACE_MS);
+  };
+  const onSignal = (sig: NodeJS.Signals) => noteFailure({ rank: -1, host: 'launcher', message: `interrupted by ${sig}`, died: true });
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+
+  const cleanup = () => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    coordinator.close();
+    for (const f of logFiles) f.end();
+    removeIpcFiles(jobId);
+  };
+
+  try {
+    const work = (async () => {
+      await coordinator.rendezvous();
+      const driverCtx = driverContext(coordinator, spec, runDir, job.args, print);
+      const value = jobDef.driver ? await jobDef.driver(driverCtx) : undefined;
+      await coordinator.allDone();
+      return value;
+    })();
+    work.catch(() => undefined);
+    const outcome = await Promise.race([work.then((value) => ({ value })), failedP.then(() => null)]);
+    if (outcome) {
+      // Every rank reported done: give them a moment to exit on their own.
+      await waitUntil(() => procs.every((p) => p.exited), 10000);
+      for (const p of procs) p.child.stdin?.end();
+      await waitUntil(() => procs.every((p) => p.exited), GRACE_MS);
+      if (procs.some((p) => !p.exited)) await stopAll();
+      return { runDir, value: outcome.value };
+    }
+    await new Promise((r) => setTimeout(r, SETTLE_MS));
+    const root = rootCause(failures);
+    await stopAll();
+    const proc = procs[root.rank];
+    const tail = proc?.lastLines.filter((l) => l.trim()).slice(-3).map((l) => formatLogLine(l, '   ')) ?? [];
+    const where = root.rank >= 0 ? `rank ${root.rank} (${root.host}) ${root.message}` : root.message;
+    throw new LaunchError(`job ${job.kind} failed: ${where}${tail.length ? `\n  last log lines of rank ${root.rank}:\n${tail.join('\n')}` : ''}\n  logs: ${path.join(runDir, 'logs')}`);
+  } catch (err) {
+    if (!(err instanceof LaunchError)) {
+      await stopAll();
+      throw new LaunchError(`job ${job.kind} failed: ${(err as Error).message}\n  logs: ${path.join(runDir, 'logs')}`);
+    }
+    throw err;
+  } finally {
+    cleanup();
+  }
+}
+
+/** The driver's view of a running job, served by the coordinator. */
+export function driverContext(coordinator: Coordinator, spec: ClusterSpec, runDir: string, args: Record<string, unknown>, print: (line: string) => void): DriverContext {
+  const table = rankTable(spec);
+  return {
+    spec,
+    worldSize: table.length,
+    peers: table.map((e) => ({ rank: e.rank, host: e.host, endpoint: tcp(e.address, e.port) })),
+    runDir,
+    args,
+    send: (rank, name, value, blobs) => coordinator.send(rank, { type: 'input', name, value }, blobs),
+    result: (rank, name) => coordinator.result(rank, name),
+    print,
+  };
+}
+
+/**
+ * The failure to tell the user about, gathered over a short settling window:
+ * a rank killed by a signal, else a rank's own error, else a neighbour's report
+ * that a rank went silent (which names that rank), else any exit code.
+ */
+function rootCause(failures: Array<WorkerFailure & { died: boolean }>): WorkerFailure {
+  const interrupted = failures.find((f) => f.rank === -1);
+  if (interrupted) return interrupted;
+  const killed = failures.find((f) => f.died && /killed by|could not be started/.test(f.message));
+  if (killed) return killed;
+  const reported = failures.filter((f) => !f.died && !/exited with code|exited before/.test(f.message));
+  const primary = reported.find((f) => !SECONDARY.test(f.message));
+  if (primary) return primary;
+  const lost = reported.find((f) => /lost the link to its successor, rank \d+/.test(f.message));
+  if (lost) {
+    const m = /rank (\d+) \(([^)]*)\)$/.exec(lost.message);
+    if (m) return { rank: Number(m[1]), host: m[2], message: `stopped answering (its predecessor, rank ${lost.rank}, lost the link to it)` };
+  }
+  return reported[0] ?? failures.find((f) => f.died) ?? failures[0];
+}
+
+async function killRemote(p: RankProcess, pid: number | undefined): Promise<void> {
+  if (!pid) return;
+  const ssh = p.host.ssh ?? { port: 22, options: [] as string[] };
+  const args = ['-o', 'BatchMode=yes', '-p', String(ssh.port)];
+  if (ssh.identityFile) args.push('-i', ssh.identityFile);
+  for (const o of ssh.options ?? []) args.push('-o', o);
+  const target = ssh.user ? `${ssh.user}@${p.host.address}` : p.host.address;
+  await new Promise<void>((resolve) => {
+    const k = spawn('ssh', [...args, target, `kill -9 ${pid} 2>/dev/null; true`], { stdio: 'ignore' });
+    const t = setTimeout(() => {
+      k.kill('SIGKILL');
+      resolve();
+    }, 5000);
+    k.on('exit', () => {
+      clearTimeout(t);
+      resolve();
+    });
+    k.on('error', () => resolve());
+  });
+}
+
+function removeIpcFiles(jobId: string): void {
+  try {
+    for (const f of readdirSync('/tmp')) if (f.startsWith(`ringattn-${jobId}-`)) rmSync(path.join('/tmp', f), { force: true });
+  } catch {
+    // /tmp unreadable: nothing of ours can be there.
+  }
+}
+
+async function waitUntil(cond: () => boolean, ms: number): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 25));
+}
+

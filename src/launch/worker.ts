@@ -1,0 +1,174 @@
+import { hostname } from 'node:os';
+import pino, { type Logger } from 'pino';
+import * as zmq from 'zeromq';
+import { specHash, type ClusterSpec } from '../config/index.js';
+import type { Payload } from '../ring/frame.js';
+import { Ring, type CurveKeys } from '../ring/transport.js';
+import type { WorkerContext } from './job.js';
+import { loadJob } from './jobs.js';
+import { decodeControl, encodeControl, PROTOCOL_VERSION, type CoordinatorMessage, type PeerEntry } from './protocol.js';
+
+/**
+ * One worker process: joins the coordinator, opens its place in the ring, runs
+ * one job and exits. It never outlives its launcher: a closed stdin (the
+ * launcher died), a lost coordinator link or an abort message ends it.
+ */
+
+/** Everything a worker needs to know, handed over on stdin (launched) or built from the environment (external). */
+export interface WorkerRole {
+  jobId: string;
+  rank: number;
+  worldSize: number;
+  host: string;
+  localRank: number;
+  /** Ring endpoint this rank binds, as peers reach it (tcp://address:port). */
+  endpoint: string;
+  coordinator: string;
+  spec: ClusterSpec;
+  job: { kind: string; args: Record<string, unknown> };
+  runDir: string;
+  curve?: CurveKeys;
+}
+
+function ipcPath(jobId: string, rank: number): string {
+  return `ipc:///tmp/ringattn-${jobId}-${rank}.sock`;
+}
+
+function bindEndpoint(role: WorkerRole): string {
+  const port = new URL(role.endpoint.replace('tcp://', 'http://')).port;
+  const bindAddress = role.spec.ring.bindAddress ?? new URL(role.endpoint.replace('tcp://', 'http://')).hostname.replace(/^\[|\]$/g, '');
+  return `tcp://${bindAddress.includes(':') ? `[${bindAddress}]` : bindAddress}:${port}`;
+}
+
+/** ipc between two ranks on one host when the spec allows it, tcp otherwise. */
+function linkEndpoint(role: WorkerRole, to: PeerEntry): string {
+  const t = role.spec.ring.transport;
+  return to.host === role.host && t !== 'tcp' && role.worldSize > 1 ? ipcPath(role.jobId, to.rank) : to.endpoint;
+}
+
+export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
+  const spec = role.spec;
+  const dealer = new zmq.Dealer({
+    linger: 2000,
+    routingId: `rank-${role.rank}`,
+    heartbeatInterval: spec.ring.heartbeatIntervalMs,
+    heartbeatTimeout: spec.ring.heartbeatTimeoutMs,
+    heartbeatTimeToLive: spec.ring.heartbeatTimeoutMs,
+  });
+  if (role.curve) {
+    dealer.curveServerKey = role.curve.publicKey;
+    dealer.curvePublicKey = role.curve.publicKey;
+    dealer.curveSecretKey = role.curve.secretKey;
+  }
+  let ring: Ring | null = null;
+  let finishing = false;
+  const die = (why: string) => {
+    if (finishing) return;
+    log.error(why);
+    // The job cannot go on; exiting is the cleanup (sockets and files are released by the OS).
+    process.exit(1);
+  };
+  dealer.connect(role.coordinator);
+  dealer.events.on('disconnect', () => die('lost the coordinator: stopping'));
+
+  const inputs = new Map<string, Array<{ value: unknown; blobs: Payload[] }>>();
+  const inputWaiters = new Map<string, Array<(x: { value: unknown; blobs: Payload[] }) => void>>();
+  let peersResolve: (p: PeerEntry[]) => void = () => undefined;
+  const peersP = new Promise<PeerEntry[]>((r) => (peersResolve = r));
+  void (async () => {
+    for await (const frames of dealer) {
+      const { msg, blobs } = decodeControl<CoordinatorMessage>(frames);
+      if (msg.type === 'peers') peersResolve(msg.peers);
+      else if (msg.type === 'abort') die(`aborted by the launcher: ${msg.reason}`);
+      else if (msg.type === 'input') {
+        const w = inputWaiters.get(msg.name);
+        if (w?.length) w.shift()!({ value: msg.value, blobs });
+        else inputs.set(msg.name, [...(inputs.get(msg.name) ?? []), { value: msg.value, blobs }]);
+      }
+    }
+  })().catch((err) => die(`coordinator link failed: ${(err as Error).message}`));
+
+  const send = (msg: object, blobs: Payload[] = []) => dealer.send(encodeControl({ ...msg, rank: role.rank }, blobs));
+  try {
+    await send({ type: 'hello', host: role.host, endpoint: role.endpoint, protocol: PROTOCOL_VERSION, specHash: specHash(spec), pid: process.pid, node: process.version });
+    const peers = await withTimeout(peersP, spec.ring.rendezvousTimeoutMs, `rank ${role.rank}: no peer table from the coordinator at ${role.coordinator}`);
+    const n = role.worldSize;
+    const next = peers[(role.rank + 1) % n];
+    const prev = peers[(role.rank + n - 1) % n];
+    const binds = [bindEndpoint(role)];
+    const job = await loadJob(role.job.kind);
+    ring = await Ring.open({
+      rank: role.rank,
+      worldSize: n,
+      jobId: role.jobId,
+      bind: binds[0],
+      extraBinds: prev.host === role.host && spec.ring.transport !== 'tcp' && n > 1 ? [ipcPath(role.jobId, role.rank)] : [],
+      next: { ...next, endpoint: linkEndpoint(role, next) },
+      prev,
+      opTimeoutMs: spec.ring.opTimeoutMs,
+      connectTimeoutMs: spec.ring.connectTimeoutMs,
+      heartbeatIntervalMs: spec.ring.heartbeatIntervalMs,
+      heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs,
+      maxMessageBytes: spec.ring.maxMessageBytes,
+      curve: role.curve,
+      onFailure: (err) => {
+        void send({ type: 'failed', message: err.message }).catch(() => undefined);
+      },
+    });
+    log.debug({ next: next.rank, prev: prev.rank }, 'ring open');
+    const ctx: WorkerContext = {
+      rank: role.rank,
+      worldSize: n,
+      host: role.host,
+      localRank: role.localRank,
+      spec,
+      ring,
+      peers,
+      runDir: role.runDir,
+      args: role.job.args,
+      log,
+      input: (name) => {
+        const q = inputs.get(name);
+        if (q?.length) return Promise.resolve(q.shift()!);
+        return new Promise((resolve) => inputWaiters.set(name, [...(inputWaiters.get(name) ?? []), resolve]));
+      },
+      result: (name, value, blobs = []) => send({ type: 'result', name, value }, blobs),
+    };
+    await job.worker(ctx);
+    finishing = true;
+    await ring.close();
+    await send({ type: 'done' });
+  } catch (err) {
+    const message = (err as Error).message;
+    log.error(message);
+    await send({ type: 'failed', message }).catch(() => undefined);
+    finishing = true;
+    await ring?.close().catch(() => undefined);
+    dealer.close();
+    throw err;
+  }
+  dealer.close();
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`${what} within ${(ms / 1000).toFixed(0)} s`)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (e) => {
+        clearTimeout(t);
+        reject(e);
+      },
+    );
+  });
+}
+
+/** The worker's logger: JSON lines on stdout, which the launcher merges and files per rank. */
+export function workerLogger(role: Pick<WorkerRole, 'rank' | 'host' | 'spec'>): Logger {
+  return pino({ level: role.spec.logLevel, base: { rank: role.rank, host: role.host }, timestamp: pino.stdTimeFunctions.epochTime }, pino.destination({ fd: 1, sync: true }));
+}
+
+export const thisHost = hostname;

@@ -1,0 +1,74 @@
+import { shardPositions } from '../attention/layout.js';
+import { newRingStepStats, ringAttentionOp } from '../attention/ring-attention.js';
+import { loadKernel, type KernelName } from '../kernels/index.js';
+import type { JobDefinition } from '../launch/job.js';
+import { allReduceSum } from '../ring/collectives.js';
+import { selectBackend, type BackendWant } from '../tensor/backend.js';
+import { resolveLayout, train, type TrainRing } from './loop.js';
+import type { StepMetrics } from './metrics.js';
+import { Progress } from './progress.js';
+
+/**
+ * `ringattn train` on the ring: every rank trains on its layout shard of each
+ * sequence; rank 0 streams step metrics to the launcher, which draws progress.
+ */
+export const trainJob: JobDefinition = {
+  kind: 'train',
+  async worker(ctx) {
+    const { spec, ring } = ctx;
+    const backend = await selectBackend(spec.backend as BackendWant, (m) => ctx.log.info(m));
+    const { kernel, reason } = await loadKernel(spec.kernel as KernelName, { tileQ: spec.attention.tileQ, tileKV: spec.attention.tileKV, threads: spec.threads });
+    ctx.log.info({ backend: backend.name, kernel: kernel.name }, `compute: tfjs ${backend.name}, attention kernel ${kernel.name} (${reason})`);
+    const layout = resolveLayout(spec.attention);
+    const stats = newRingStepStats();
+    let commMs = 0;
+    const trainRing: TrainRing = {
+      rank: ctx.rank,
+      worldSize: ctx.worldSize,
+      async allReduceSum(x) {
+        const t0 = performance.now();
+        const out = await allReduceSum(ring, x, 'grads');
+        commMs += performance.now() - t0;
+        return out;
+      },
+      attention: () =>
+        ringAttentionOp({
+          ring,
+          kernel,
+          causal: spec.attention.causal,
+          heads: spec.model.heads,
+          kvHeads: spec.model.kvHeads,
+          headDim: spec.model.dModel / spec.model.heads,
+          overlap: spec.attention.overlap,
+          positionsOf: (r) => shardPositions(layout, spec.train.seqLen, ctx.worldSize, r),
+          stats,
+        }),
+      timings: () => ({ computeMs: stats.computeMs, commMs, waitMs: stats.waitMs }),
+    };
+    const result = await train(trainRing, spec, {
+      runDir: ctx.runDir,
+      resume: Boolean(ctx.args.resume),
+      log: (msg, fields) => ctx.log.info(fields ?? {}, msg),
+      progress: false,
+      onStep: ctx.rank === 0 ? (m) => void ctx.result('step', m) : undefined,
+    });
+    if (ctx.rank === 0) await ctx.result('final', result);
+  },
+  async driver(ctx) {
+    const progress = new Progress({ total: ctx.spec.train.steps, logEvery: ctx.spec.train.logEvery, stream: process.stderr });
+    let finished = false;
+    const final = ctx.result(0, 'final').then((r) => {
+      finished = true;
+      return r.value as { finalLoss: number; steps: number };
+    });
+    // Steps arrive until the final result; each one redraws the progress line.
+    while (!finished) {
+      const next = await Promise.race([ctx.result(0, 'step'), final.then(() => null)]);
+      if (!next) break;
+      const m = next.value as StepMetrics;
+      progress.update({ step: m.step, loss: m.loss, evalLoss: m.evalLoss, tokensPerSec: m.tokensPerSec, lr: m.lr });
+    }
+    progress.done();
+    return final;
+  },
+};
