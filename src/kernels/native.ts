@@ -61,13 +61,16 @@ interface NativeAddon {
 export interface NativeKernelOptions extends TileSizes {
   /** Threads this kernel uses per call (the calling libuv thread included). */
   threads: number;
-  /** Force one instruction-set path ('avx512' | 'avx2' | 'portable'); default: the best the CPU runs. */
+  /**
+   * Force one instruction-set path ('avx512' | 'avx2' | 'portable'); default:
+   * RINGATTN_NATIVE_ISA if set, else the best the CPU runs.
+   */
   isa?: string;
 }
 
 export interface NativeInfo {
   available: boolean;
-  /** The instruction-set path used by default (best first of `isas`). */
+  /** The instruction-set path used by default: RINGATTN_NATIVE_ISA, else the first of `isas`. */
   isa?: string;
   /** Every path this CPU can run, best first. */
   isas?: string[];
@@ -113,7 +116,11 @@ export function nativeInfo(): NativeInfo {
   const { addon, reason } = loadAddon();
   if (!addon) return { available: false, reason };
   const isas = addon.isas();
-  return { available: true, isa: isas[0], isas };
+  const forced = process.env.RINGATTN_NATIVE_ISA;
+  if (forced && !isas.includes(forced)) {
+    return { available: false, isas, reason: `RINGATTN_NATIVE_ISA=${forced} is not usable on this CPU (usable: ${isas.join(', ')})` };
+  }
+  return { available: true, isa: forced || isas[0], isas };
 }
 
 function positiveInt(name: string, x: number): void {
@@ -170,9 +177,11 @@ export async function loadNativeKernel(opts: NativeKernelOptions): Promise<Atten
   const { addon, reason } = loadAddon();
   if (!addon) throw new Error(reason);
   const isas = addon.isas();
-  if (opts.isa !== undefined && !isas.includes(opts.isa)) {
-    throw new Error(`native kernel: instruction set '${opts.isa}' is not usable on this CPU (usable: ${isas.join(', ')})`);
+  const isa = opts.isa ?? (process.env.RINGATTN_NATIVE_ISA || undefined);
+  if (isa !== undefined && !isas.includes(isa)) {
+    throw new Error(`native kernel: instruction set '${isa}' is not usable on this CPU (usable: ${isas.join(', ')})`);
   }
+  opts = { ...opts, isa };
 
   return {
     name: 'native',

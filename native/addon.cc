@@ -1,0 +1,533 @@
+// N-API layer of the native attention kernel: argument checks, choice of the
+// instruction-set variant, the thread pool, and the AsyncWorker that keeps the
+// computation off the JavaScript thread. Compiled for the baseline CPU; the
+// arithmetic lives in attn_impl.h, compiled once per variant.
+#include <napi.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "attn_kernel.h"
+
+namespace ringattn {
+namespace {
+
+// ---------------------------------------------------------------------------
+// Variants the running CPU can execute, best first.
+
+std::vector<const Variant*> usableVariants() {
+  std::vector<const Variant*> out;
+#if defined(RINGATTN_X86)
+  __builtin_cpu_init();
+  // libgcc's checks include the OS enabling the wider registers (xgetbv).
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) out.push_back(variantAvx512());
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) out.push_back(variantAvx2());
+#endif
+  out.push_back(variantPortable());
+  return out;
+}
+
+const std::vector<const Variant*>& variants() {
+  static const std::vector<const Variant*> v = usableVariants();
+  return v;
+}
+
+// ---------------------------------------------------------------------------
+// A small persistent pool. A parallel loop hands out task indices through an
+// atomic counter; the calling thread works too, and each participant gets a
+// fixed slot number for its scratch memory. Several loops may run at once
+// (kernel calls from different libuv threads); helpers never block on
+// anything but the queue, so a loop always finishes.
+
+class Pool {
+ public:
+  static Pool& instance() {
+    static Pool* pool = new Pool();  // never destroyed: threads outlive static destructors at exit
+    return *pool;
+  }
+
+  void parallelFor(int n, int threads, const std::function<void(int task, int slot)>& fn) {
+    if (threads > n) threads = n;
+    if (threads <= 1) {
+      for (int t = 0; t < n; t++) fn(t, 0);
+      return;
+    }
+    Loop loop(fn, n, threads - 1);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      while ((int)workers_.size() < threads - 1) workers_.emplace_back([this] { workerMain(); });
+      for (int s = 1; s < threads; s++) queue_.push_back({&loop, s});
+    }
+    cv_.notify_all();
+    loop.work(0);
+    // Helpers that have not started yet (the pool may be busy with another
+    // call's loop) have nothing left to do: withdraw them instead of waiting.
+    int withdrawn = 0;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        if (it->loop == &loop) {
+          it = queue_.erase(it);
+          withdrawn++;
+        } else {
+          ++it;
+        }
+      }
+    }
+    std::unique_lock<std::mutex> lock(loop.mu);
+    loop.pending -= withdrawn;
+    loop.cv.wait(lock, [&] { return loop.pending == 0; });
+  }
+
+ private:
+  struct Loop {
+    Loop(const std::function<void(int, int)>& f, int count, int helpers) : fn(f), n(count), pending(helpers) {}
+    void work(int slot) {
+      for (int t; (t = next.fetch_add(1)) < n;) fn(t, slot);
+    }
+    const std::function<void(int, int)>& fn;
+    const int n;
+    std::atomic<int> next{0};
+    std::mutex mu;
+    std::condition_variable cv;
+    int pending;
+  };
+  struct Entry {
+    Loop* loop;
+    int slot;
+  };
+
+  void workerMain() {
+    for (;;) {
+      Entry e;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return !queue_.empty(); });
+        e = queue_.front();
+        queue_.pop_front();
+      }
+      e.loop->work(e.slot);
+      std::lock_guard<std::mutex> lock(e.loop->mu);
+      if (--e.loop->pending == 0) e.loop->cv.notify_all();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Entry> queue_;
+  std::vector<std::thread> workers_;
+};
+
+// ---------------------------------------------------------------------------
+// 64-byte aligned float buffers, recycled between calls: ring attention calls
+// the kernel again and again with the same block sizes, and fresh multi-MiB
+// allocations would cost page faults on every call.
+
+class BufferCache {
+ public:
+  static BufferCache& instance() {
+    static BufferCache* cache = new BufferCache();
+    return *cache;
+  }
+
+  // A buffer of at least n floats (and at most twice that, so a small request
+  // does not pin a huge buffer).
+  float* take(size_t n, size_t* capacity) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      for (size_t i = 0; i < free_.size(); i++) {
+        if (free_[i].cap >= n && free_[i].cap <= 2 * n + 1024) {
+          Entry e = free_[i];
+          free_.erase(free_.begin() + i);
+          bytes_ -= e.cap * sizeof(float);
+          *capacity = e.cap;
+          return e.p;
+        }
+      }
+    }
+    const size_t cap = (n + 15) / 16 * 16 + 16;
+    void* p = std::aligned_alloc(64, cap * sizeof(float));
+    if (!p) throw std::bad_alloc();
+    *capacity = cap;
+    return static_cast<float*>(p);
+  }
+
+  void give(float* p, size_t cap) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.push_back({p, cap});
+    bytes_ += cap * sizeof(float);
+    // Keep at most kMaxBytes, dropping the oldest first.
+    while (bytes_ > kMaxBytes && !free_.empty()) {
+      bytes_ -= free_.front().cap * sizeof(float);
+      std::free(free_.front().p);
+      free_.erase(free_.begin());
+    }
+  }
+
+ private:
+  static constexpr size_t kMaxBytes = size_t(512) << 20;
+  struct Entry {
+    float* p;
+    size_t cap;
+  };
+  std::mutex mu_;
+  std::vector<Entry> free_;
+  size_t bytes_ = 0;
+};
+
+class Buffer {
+ public:
+  Buffer() = default;
+  explicit Buffer(size_t n) { p_ = BufferCache::instance().take(n, &cap_); }
+  Buffer(Buffer&& o) noexcept : p_(o.p_), cap_(o.cap_) { o.p_ = nullptr; }
+  Buffer& operator=(Buffer&& o) noexcept {
+    std::swap(p_, o.p_);
+    std::swap(cap_, o.cap_);
+    return *this;
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  ~Buffer() {
+    if (p_) BufferCache::instance().give(p_, cap_);
+  }
+  float* get() const { return p_; }
+  explicit operator bool() const { return p_ != nullptr; }
+
+ private:
+  float* p_ = nullptr;
+  size_t cap_ = 0;
+};
+
+Buffer allocFloats(size_t n) { return Buffer(n); }
+
+int roundUp(int x, int m) { return (x + m - 1) / m * m; }
+
+std::vector<TileInfo> tileInfo(const int32_t* pos, const int32_t* seg, int len, int tile) {
+  std::vector<TileInfo> out;
+  for (int t0 = 0; t0 < len; t0 += tile) {
+    TileInfo ti{pos[t0], pos[t0], seg ? seg[t0] : 0, seg ? seg[t0] : 0};
+    for (int i = t0; i < len && i < t0 + tile; i++) {
+      if (pos[i] < ti.posMin) ti.posMin = pos[i];
+      if (pos[i] > ti.posMax) ti.posMax = pos[i];
+      if (seg && seg[i] < ti.segMin) ti.segMin = seg[i];
+      if (seg && seg[i] > ti.segMax) ti.segMax = seg[i];
+    }
+    out.push_back(ti);
+  }
+  return out;
+}
+
+struct Prepared {
+  std::vector<TileInfo> qTiles, kvTiles;
+  Buffer kt, k, v, vt, q, dO, qb, dOb, lse2, delta;
+};
+
+void prepare(const Variant* var, Problem& p, Prepared& prep, bool backward) {
+  // A tile longer than the block only costs memory.
+  if (p.tileQ > p.qLen) p.tileQ = p.qLen;
+  if (p.tileKV > p.kvLen) p.tileKV = p.kvLen;
+  p.nQt = (p.qLen + p.tileQ - 1) / p.tileQ;
+  p.nKt = (p.kvLen + p.tileKV - 1) / p.tileKV;
+  p.dp = roundUp(p.headDim, var->panel);
+  p.tkp = roundUp(p.tileKV, var->panel);
+  prep.qTiles = tileInfo(p.qPos, p.qSeg, p.qLen, p.tileQ);
+  prep.kvTiles = tileInfo(p.kvPos, p.kvSeg, p.kvLen, p.tileKV);
+  p.qTiles = prep.qTiles.data();
+  p.kvTiles = prep.kvTiles.data();
+  const size_t kvT = (size_t)p.kvHeads * p.nKt * p.headDim * p.tkp;
+  const size_t kvR = (size_t)p.kvHeads * p.nKt * p.tileKV * p.dp;
+  prep.kt = allocFloats(kvT);
+  prep.v = allocFloats(kvR);
+  p.packKt = prep.kt.get();
+  p.packV = prep.v.get();
+  p.packK = p.packVt = p.packQ = p.packDO = p.packQB = p.packDOB = p.packLse2 = p.packDelta = nullptr;
+  if (backward) {
+    const size_t qR = (size_t)p.heads * p.nQt * p.tileQ * p.dp, q1 = (size_t)p.heads * p.nQt * p.tileQ;
+    prep.k = allocFloats(kvR);
+    prep.vt = allocFloats(kvT);
+    prep.q = allocFloats(qR);
+    prep.dO = allocFloats(qR);
+    prep.qb = allocFloats(qR);
+    prep.dOb = allocFloats(qR);
+    prep.lse2 = allocFloats(q1);
+    prep.delta = allocFloats(q1);
+    p.packK = prep.k.get();
+    p.packVt = prep.vt.get();
+    p.packQ = prep.q.get();
+    p.packDO = prep.dO.get();
+    p.packQB = prep.qb.get();
+    p.packDOB = prep.dOb.get();
+    p.packLse2 = prep.lse2.get();
+    p.packDelta = prep.delta.get();
+  }
+}
+
+void runForward(const Variant* var, Problem& p, int threads) {
+  Prepared prep;
+  prepare(var, p, prep, false);
+  Pool& pool = Pool::instance();
+  pool.parallelFor(p.kvHeads * p.nKt, threads, [&](int t, int) { var->packKvForward(&p, t / p.nKt, t % p.nKt); });
+  const size_t scratchN = var->scratchFloats(&p);
+  std::vector<Buffer> scratch;
+  for (int s = 0; s < threads; s++) scratch.push_back(allocFloats(scratchN));
+  // Late query tiles first: under a causal mask with contiguous positions they
+  // see the most keys, and starting them first evens out the threads' loads.
+  pool.parallelFor(p.heads * p.nQt, threads, [&](int t, int slot) {
+    const int it = p.nQt - 1 - t / p.heads, h = t % p.heads;
+    var->forwardTile(&p, h, it, scratch[slot].get());
+  });
+}
+
+// Backward split. A kv head done in one pass (backwardKvHead) owns its dk, dv
+// rows and the dq rows of its query heads, so whole kv heads run in parallel
+// without races. When kv heads do not divide evenly among the threads, the
+// remaining heads are split finer in two passes: dk, dv by KV tile and dq by
+// query tile (each pass recomputes the scores). Both paths accumulate every
+// element in the same order, so the result does not depend on `threads`.
+void runBackward(const Variant* var, Problem& p, int threads) {
+  Prepared prep;
+  prepare(var, p, prep, true);
+  Pool& pool = Pool::instance();
+  const int nKvPacks = p.kvHeads * p.nKt;
+  pool.parallelFor(nKvPacks + p.heads * p.nQt, threads, [&](int t, int) {
+    if (t < nKvPacks)
+      var->packKvBackward(&p, t / p.nKt, t % p.nKt);
+    else
+      var->packQBackward(&p, (t - nKvPacks) / p.nQt, (t - nKvPacks) % p.nQt);
+  });
+
+  const int group = p.heads / p.kvHeads;
+  const int fused = threads <= 1 ? p.kvHeads : p.kvHeads / threads * threads;
+  const int rest = p.kvHeads - fused;
+  const int nDkDv = rest * p.nKt, nDq = rest * group * p.nQt;
+  const size_t scratchN = var->scratchFloats(&p);
+  const size_t dqAccN = (size_t)group * p.nQt * p.tileQ * p.dp;
+  std::vector<Buffer> scratch, dqAcc(threads);
+  for (int s = 0; s < threads; s++) scratch.push_back(allocFloats(scratchN));
+  std::mutex allocMu;
+  pool.parallelFor(fused + nDkDv + nDq, threads, [&](int t, int slot) {
+    float* ws = scratch[slot].get();
+    if (t < fused) {
+      if (!dqAcc[slot]) {
+        std::lock_guard<std::mutex> lock(allocMu);
+        dqAcc[slot] = allocFloats(dqAccN);
+      }
+      var->backwardKvHead(&p, t, ws, dqAcc[slot].get());
+    } else if ((t -= fused) < nDkDv) {
+      var->backwardDkDv(&p, fused + t / p.nKt, t % p.nKt, ws);
+    } else {
+      t -= nDkDv;
+      var->backwardDq(&p, fused * group + t / p.nQt, t % p.nQt, ws);
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// Arguments from JavaScript.
+
+class Args {
+ public:
+  Args(const Napi::Object& obj) : obj_(obj), env_(obj.Env()) {}
+
+  int intField(const char* name, int lo, int hi) {
+    Napi::Value v = obj_.Get(name);
+    if (!v.IsNumber()) throw Napi::TypeError::New(env_, std::string("ringattn native: ") + name + " must be a number");
+    double d = v.As<Napi::Number>().DoubleValue();
+    if (!(d >= lo && d <= hi) || d != (double)(int)d)
+      throw Napi::RangeError::New(env_, std::string("ringattn native: ") + name + " must be an integer in [" +
+                                            std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    return (int)d;
+  }
+
+  double numberField(const char* name) {
+    Napi::Value v = obj_.Get(name);
+    if (!v.IsNumber()) throw Napi::TypeError::New(env_, std::string("ringattn native: ") + name + " must be a number");
+    return v.As<Napi::Number>().DoubleValue();
+  }
+
+  bool boolField(const char* name) { return obj_.Get(name).ToBoolean().Value(); }
+
+  std::string stringField(const char* name) {
+    Napi::Value v = obj_.Get(name);
+    return v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
+  }
+
+  template <typename T>
+  T* array(const char* name, napi_typedarray_type type, size_t minLength, bool optional = false) {
+    Napi::Value v = obj_.Get(name);
+    if (optional && (v.IsUndefined() || v.IsNull())) return nullptr;
+    const char* typeName = type == napi_float32_array ? "Float32Array" : "Int32Array";
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != type)
+      throw Napi::TypeError::New(env_, std::string("ringattn native: ") + name + " must be a " + typeName);
+    Napi::TypedArrayOf<T> a = v.As<Napi::TypedArrayOf<T>>();
+    if (a.ElementLength() < minLength)
+      throw Napi::RangeError::New(env_, std::string("ringattn native: ") + name + " has " +
+                                            std::to_string(a.ElementLength()) + " elements, needs " +
+                                            std::to_string(minLength));
+    // Keep the array (and so its buffer) alive until the worker is destroyed.
+    refs.push_back(Napi::Persistent(v.As<Napi::Object>()));
+    return a.Data();
+  }
+
+  std::vector<Napi::ObjectReference> refs;
+
+ private:
+  Napi::Object obj_;
+  Napi::Env env_;
+};
+
+struct Call {
+  Problem p;
+  const Variant* var;
+  int threads;
+};
+
+Call parseCommon(Args& a, Napi::Env env) {
+  Call c;
+  std::memset(&c.p, 0, sizeof c.p);
+  Problem& p = c.p;
+  const int big = 1 << 30;
+  p.qLen = a.intField("qLen", 0, big);
+  p.kvLen = a.intField("kvLen", 0, big);
+  p.heads = a.intField("heads", 1, 1 << 16);
+  p.kvHeads = a.intField("kvHeads", 1, 1 << 16);
+  p.headDim = a.intField("headDim", 1, 1 << 16);
+  p.tileQ = a.intField("tileQ", 1, 1 << 16);
+  p.tileKV = a.intField("tileKV", 1, 1 << 16);
+  c.threads = a.intField("threads", 1, 1024);
+  p.causal = a.boolField("causal") ? 1 : 0;
+  p.scale = (float)a.numberField("scale");
+  if (p.heads % p.kvHeads != 0)
+    throw Napi::RangeError::New(env, "ringattn native: heads must be a multiple of kvHeads");
+  const size_t qn = (size_t)p.qLen * p.heads * p.headDim, kvn = (size_t)p.kvLen * p.kvHeads * p.headDim;
+  p.q = a.array<float>("q", napi_float32_array, qn);
+  p.k = a.array<float>("k", napi_float32_array, kvn);
+  p.v = a.array<float>("v", napi_float32_array, kvn);
+  p.qPos = a.array<int32_t>("qPos", napi_int32_array, p.qLen);
+  p.kvPos = a.array<int32_t>("kvPos", napi_int32_array, p.kvLen);
+  p.qSeg = a.array<int32_t>("qSeg", napi_int32_array, p.qLen, true);
+  p.kvSeg = a.array<int32_t>("kvSeg", napi_int32_array, p.kvLen, true);
+  if (!p.qSeg != !p.kvSeg) throw Napi::TypeError::New(env, "ringattn native: qSeg and kvSeg must be given together");
+
+  const std::string isa = a.stringField("isa");
+  c.var = variants().front();
+  if (!isa.empty()) {
+    c.var = nullptr;
+    for (const Variant* v : variants())
+      if (isa == v->isa) c.var = v;
+    if (!c.var) throw Napi::Error::New(env, "ringattn native: instruction set '" + isa + "' is not usable here");
+  }
+  return c;
+}
+
+class KernelWorker : public Napi::AsyncWorker {
+ public:
+  KernelWorker(Napi::Env env, Call call, bool backward, std::vector<Napi::ObjectReference> refs)
+      : Napi::AsyncWorker(env, "ringattn.attention"),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        call_(call),
+        backward_(backward),
+        refs_(std::move(refs)) {}
+
+  Napi::Promise promise() const { return deferred_.Promise(); }
+
+  void Execute() override {
+    try {
+      if (call_.p.qLen == 0 || call_.p.kvLen == 0) {
+        if (!backward_) {
+          // No keys: every row is fully masked.
+          std::memset(call_.p.o, 0, sizeof(float) * call_.p.qLen * call_.p.heads * call_.p.headDim);
+          for (size_t i = 0; i < (size_t)call_.p.heads * call_.p.qLen; i++) call_.p.lse[i] = -__builtin_inff();
+        }
+        return;
+      }
+      if (backward_)
+        runBackward(call_.var, call_.p, call_.threads);
+      else
+        runForward(call_.var, call_.p, call_.threads);
+    } catch (const std::bad_alloc&) {
+      SetError("ringattn native: out of memory");
+    } catch (const std::exception& e) {
+      SetError(std::string("ringattn native: ") + e.what());
+    }
+  }
+
+  void OnOK() override { deferred_.Resolve(Env().Undefined()); }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  Call call_;
+  bool backward_;
+  std::vector<Napi::ObjectReference> refs_;
+};
+
+// forward({q, k, v, qPos, kvPos, qSeg?, kvSeg?, o, lse, qLen, kvLen, heads,
+//          kvHeads, headDim, causal, scale, tileQ, tileKV, threads, isa?})
+// resolves once o and lse are written.
+Napi::Value Forward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "ringattn native: forward(args)");
+  Args a(info[0].As<Napi::Object>());
+  Call c = parseCommon(a, env);
+  Problem& p = c.p;
+  p.o = a.array<float>("o", napi_float32_array, (size_t)p.qLen * p.heads * p.headDim);
+  p.lse = a.array<float>("lse", napi_float32_array, (size_t)p.heads * p.qLen);
+  auto* w = new KernelWorker(env, c, false, std::move(a.refs));
+  Napi::Promise promise = w->promise();
+  w->Queue();
+  return promise;
+}
+
+// backward({...forward's inputs, dO, lse, delta, dq, dk, dv}) adds the
+// gradients into dq, dk, dv and resolves.
+Napi::Value Backward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "ringattn native: backward(args)");
+  Args a(info[0].As<Napi::Object>());
+  Call c = parseCommon(a, env);
+  Problem& p = c.p;
+  const size_t qn = (size_t)p.qLen * p.heads * p.headDim, kvn = (size_t)p.kvLen * p.kvHeads * p.headDim;
+  p.dO = a.array<float>("dO", napi_float32_array, qn);
+  p.lseFinal = a.array<float>("lse", napi_float32_array, (size_t)p.heads * p.qLen);
+  p.delta = a.array<float>("delta", napi_float32_array, (size_t)p.heads * p.qLen);
+  p.dq = a.array<float>("dq", napi_float32_array, qn);
+  p.dk = a.array<float>("dk", napi_float32_array, kvn);
+  p.dv = a.array<float>("dv", napi_float32_array, kvn);
+  auto* w = new KernelWorker(env, c, true, std::move(a.refs));
+  Napi::Promise promise = w->promise();
+  w->Queue();
+  return promise;
+}
+
+// Instruction sets this CPU can run, best (the default) first.
+Napi::Value Isas(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const auto& vs = variants();
+  Napi::Array out = Napi::Array::New(env, vs.size());
+  for (size_t i = 0; i < vs.size(); i++) out.Set((uint32_t)i, Napi::String::New(env, vs[i]->isa));
+  return out;
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("forward", Napi::Function::New(env, Forward, "forward"));
+  exports.Set("backward", Napi::Function::New(env, Backward, "backward"));
+  exports.Set("isas", Napi::Function::New(env, Isas, "isas"));
+  return exports;
+}
+
+}  // namespace
+}  // namespace ringattn
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return ringattn::Init(env, exports); }
+
+NODE_API_MODULE(ringattn_native, InitModule)
