@@ -88,6 +88,11 @@ const HostSchema = z
       .default(() => ({}))
       .describe('Extra environment variables for the workers on this host.'),
     workdir: z.string().min(1).optional().describe('Directory the workers run in on this host; default: the launcher\'s working directory (local) or the ssh login directory.'),
+    netns: z
+      .string()
+      .regex(NAME_RE)
+      .optional()
+      .describe('Linux network namespace (`ip netns`) the workers of this local host run in; needs root. For testing multi-host rings on one machine.'),
     gpus: z
       .array(z.int().min(0))
       .optional()
@@ -273,6 +278,13 @@ export const ClusterSpecSchema = z
           code: 'custom',
           path: ['hosts', i, 'ssh'],
           message: `host "${h.name}" has launch: local and an ssh section; remove one of them`,
+        });
+      }
+      if (h.netns && h.ssh) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['hosts', i, 'netns'],
+          message: `host "${h.name}" has a netns and an ssh section: a namespace applies to local workers only`,
         });
       }
       if (h.gpus && h.gpus.length !== h.slots) {

@@ -69,6 +69,7 @@ export class Coordinator {
   async rendezvous(): Promise<PeerEntry[]> {
     const deadline = Date.now() + this.opts.rendezvousTimeoutMs;
     while (this.hellos.size < this.opts.worldSize) {
+      if (this.closed) throw new Error('the coordinator closed during the rendezvous');
       const left = deadline - Date.now();
       if (left <= 0) {
         const missing = [...Array(this.opts.worldSize).keys()].filter((r) => !this.hellos.has(r));
@@ -107,7 +108,7 @@ export class Coordinator {
 
   /** Resolves when every rank has reported that its job finished. */
   async allDone(): Promise<void> {
-    while (this.done.size < this.opts.worldSize) await this.changed();
+    while (this.done.size < this.opts.worldSize && !this.closed) await this.changed();
   }
 
   hasFinished(rank: number): boolean {
@@ -121,6 +122,7 @@ export class Coordinator {
   close(): void {
     this.closed = true;
     this.router.close();
+    this.onChange();
   }
 
   private changed(timeoutMs?: number): Promise<void> {

@@ -97,7 +97,11 @@ function workerEnv(spec: ClusterSpec, e: RankEntry, host: HostSpec, world: numbe
 function spawnRank(spec: ClusterSpec, e: RankEntry, host: HostSpec, env: Record<string, string>): ChildProcess {
   const launch = resolvedLaunch(host);
   if (launch === 'local') {
-    return spawn(process.execPath, [CLI_ENTRY, 'worker'], {
+    // `ip netns exec` execs the worker in place (no fork), so the child's pid is the
+    // worker's own and stopAll's signals reach it directly.
+    const command = host.netns ? 'ip' : process.execPath;
+    const argv = [...(host.netns ? ['netns', 'exec', host.netns, process.execPath] : []), CLI_ENTRY, 'worker'];
+    return spawn(command, argv, {
       cwd: host.workdir ?? process.cwd(),
       env: { ...process.env, ...env },
       stdio: ['pipe', 'pipe', 'pipe'],
@@ -106,12 +110,13 @@ function spawnRank(spec: ClusterSpec, e: RankEntry, host: HostSpec, env: Record<
   // Remote: the same Node and package paths are expected on every host (a shared
   // install); the role, including any keys, travels on stdin, never in argv.
   const ssh = host.ssh ?? { port: 22, options: [] as string[] };
-  const args = ['-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=accept-new', '-p', String(ssh.port)];
+  // ssh keeps the first value of each option: BatchMode first (never a password
+  // prompt), then the user's options, then our defaults.
+  const args = ['-o', 'BatchMode=yes', ...(ssh.options ?? []).flatMap((o) => ['-o', o]), '-o', 'StrictHostKeyChecking=accept-new', '-p', String(ssh.port)];
   if (ssh.identityFile) args.push('-i', ssh.identityFile);
-  for (const o of ssh.options ?? []) args.push('-o', o);
   const target = ssh.user ? `${ssh.user}@${host.address}` : host.address;
   const envs = Object.entries(env).map(([k, v]) => `${k}=${shellQuote(v)}`).join(' ');
-  const remote = `cd ${shellQuote(host.workdir ?? PACKAGE_ROOT)} && exec env ${envs} ${shellQuote(process.execPath)} ${shellQuote(CLI_ENTRY)} worker`;
+  const remote = `${host.workdir ? `cd ${shellQuote(host.workdir)} && ` : ''}exec env ${envs} ${shellQuote(process.execPath)} ${shellQuote(CLI_ENTRY)} worker`;
   return spawn('ssh', [...args, target, remote], { stdio: ['pipe', 'pipe', 'pipe'] });
 }
 
@@ -304,10 +309,14 @@ function rootCause(failures: Array<WorkerFailure & { died: boolean }>): WorkerFa
   const reported = failures.filter((f) => !f.died && !/exited with code|exited before/.test(f.message));
   const primary = reported.find((f) => !SECONDARY.test(f.message));
   if (primary) return primary;
-  const lost = reported.find((f) => /lost the link to its successor, rank \d+/.test(f.message));
-  if (lost) {
-    const m = /rank (\d+) \(([^)]*)\)$/.exec(lost.message);
-    if (m) return { rank: Number(m[1]), host: m[2], message: `stopped answering (its predecessor, rank ${lost.rank}, lost the link to it)` };
+  // A neighbour's report names the rank that went silent: blame that one.
+  for (const f of reported) {
+    const lost = /lost the link to its successor, rank (\d+) \(([^)]*)\)$/.exec(f.message);
+    if (lost) return { rank: Number(lost[1]), host: lost[2], message: `stopped answering (its predecessor, rank ${f.rank}, lost the link to it)` };
+  }
+  for (const f of reported) {
+    const waited = /timed out after ([\d.]+ s) waiting for "([^"]*)" from rank (\d+) \(([^)]*)\)$/.exec(f.message);
+    if (waited) return { rank: Number(waited[3]), host: waited[4], message: `did not send "${waited[2]}" to rank ${f.rank} within ${waited[1]}` };
   }
   return reported[0] ?? failures.find((f) => f.died) ?? failures[0];
 }

@@ -48,7 +48,12 @@ export const trainJob: JobDefinition = {
     const result = await train(trainRing, spec, {
       runDir: ctx.runDir,
       resume: Boolean(ctx.args.resume),
-      log: (msg, fields) => ctx.log.info(fields ?? {}, msg),
+      // Per-step lines are in metrics.jsonl and the launcher's progress line; keep the console for events.
+      log: (msg, fields = {}) => {
+        if ('tokensPerSec' in fields) ctx.log.debug(fields, msg);
+        else if ('warning' in fields) ctx.log.warn(fields, msg);
+        else ctx.log.info(fields, msg);
+      },
       progress: false,
       onStep: ctx.rank === 0 ? (m) => void ctx.result('step', m) : undefined,
     });
