@@ -123,7 +123,7 @@ function generateCommand(): Command {
         seed: intFlag(opts.seed, '--seed', 0),
         maxContext: spec.train.seqLen,
       });
-      process.stdout.write(`${Buffer.from(Uint8Array.from(out)).toString('utf8')}\n`);
+      process.stdout.write(`${Buffer.concat([prompt, Buffer.from(Uint8Array.from(out))]).toString('utf8')}\n`);
     });
 }
 

@@ -177,6 +177,7 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
     noteFailure({ ...f, died: false });
   };
 
+  let stopping = false;
   const logFiles: WriteStream[] = [];
   const procs: RankProcess[] = table.map((e) => {
     const host = hostByName.get(e.host)!;
@@ -213,14 +214,18 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
     child.on('error', (err) => noteFailure({ rank: e.rank, host: e.host, message: `could not be started: ${err.message}`, died: true }));
     child.on('exit', (code, signal) => {
       proc.exited = true;
-      if (code === 0 && coordinator.hasFinished(e.rank)) return;
-      const message = code === 0 ? 'exited before finishing its job' : describeExit(code, signal);
-      noteFailure({ rank: e.rank, host: e.host, message, died: !proc.reported });
+      if (code === 0) {
+        // The exit can overtake the worker's last message on the coordinator socket.
+        setTimeout(() => {
+          if (!coordinator.hasFinished(e.rank) && !stopping) noteFailure({ rank: e.rank, host: e.host, message: 'exited before finishing its job', died: false });
+        }, 2000).unref();
+        return;
+      }
+      noteFailure({ rank: e.rank, host: e.host, message: describeExit(code, signal), died: !proc.reported });
     });
     return proc;
   });
 
-  let stopping = false;
   const stopAll = async () => {
     if (stopping) return;
     stopping = true;

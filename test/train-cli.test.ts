@@ -1,0 +1,62 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { runCli, workerPids, ROOT } from './helpers/cli.js';
+
+/** The CI smoke run: `ringattn train` with configs/ci.yaml, end to end on a localhost ring. */
+
+const tmp = mkdtempSync(path.join(tmpdir(), 'ra-train-cli-'));
+test.after(() => rmSync(tmp, { recursive: true, force: true }));
+const CI_SPEC = path.join(ROOT, 'configs', 'ci.yaml');
+
+test('ringattn train --config configs/ci.yaml writes every run-directory artifact', async () => {
+  const runDir = path.join(tmp, 'run');
+  const r = await runCli(['train', '--config', CI_SPEC, '--run-dir', runDir], { timeoutMs: 300000 });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /^trained 4 steps, final loss \d+\.\d+; run directory /);
+  assert.match(r.stderr, /\[rank 1 local\] INFO compute: tfjs/);
+  assert.match(r.stderr, /step 4\/4 \| loss/);
+  const files = readdirSync(runDir).sort();
+  for (const f of ['spec.json', 'metrics.jsonl', 'loss.svg', 'latest', 'ckpt-2', 'ckpt-4', 'logs']) assert.ok(files.includes(f), `${f} in ${files}`);
+  const metrics = readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(metrics.map((m) => m.step), [1, 2, 3, 4]);
+  for (const key of ['loss', 'lr', 'gradNorm', 'tokensPerSec', 'stepMs', 'computeMs', 'commMs', 'waitMs']) assert.equal(typeof metrics[0][key], 'number', key);
+  assert.equal(typeof metrics[1].evalLoss, 'number');
+  assert.match(readFileSync(path.join(runDir, 'loss.svg'), 'utf8'), /^<svg[\s\S]*<\/svg>\s*$/);
+  assert.deepEqual(readdirSync(path.join(runDir, 'logs')).sort(), ['rank-0.log', 'rank-1.log']);
+  assert.equal(statSync(runDir).mode & 0o077, 0, 'run directory is owner-only');
+  assert.deepEqual(workerPids(29500), []);
+});
+
+test('a run resumed from its checkpoint gives the same losses as an uninterrupted one', async () => {
+  // Uninterrupted: 4 steps. Interrupted: the same run cut after its step-2 checkpoint, then --resume.
+  const full = path.join(tmp, 'full');
+  assert.equal((await runCli(['train', '--config', CI_SPEC, '--run-dir', full, '--quiet'])).code, 0);
+  const cut = path.join(tmp, 'cut');
+  assert.equal((await runCli(['train', '--config', CI_SPEC, '--run-dir', cut, '--quiet'])).code, 0);
+  for (const f of ['ckpt-4']) rmSync(path.join(cut, f), { recursive: true });
+  const r = await runCli(['train', '--config', CI_SPEC, '--run-dir', cut, '--resume', '--quiet']);
+  assert.equal(r.code, 0, r.stderr);
+  const losses = (dir: string) => readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss as number);
+  const a = losses(full);
+  const b = losses(cut);
+  assert.equal(b.length, 4);
+  a.forEach((x, i) => assert.ok(Math.abs(x - b[i]) <= 1e-6 * Math.abs(x), `step ${i + 1}: ${x} vs ${b[i]}`));
+});
+
+test('ringattn generate samples from a checkpoint, deterministically for a seed', async () => {
+  const runDir = path.join(tmp, 'run');
+  const args = ['generate', '--checkpoint', runDir, '--prompt', 'const ', '--tokens', '40', '--seed', '3'];
+  const a = await runCli(args);
+  assert.equal(a.code, 0, a.stderr);
+  assert.ok(a.stdout.startsWith('const '), a.stdout);
+  assert.ok(Buffer.byteLength(a.stdout) >= 'const '.length + 30);
+  const b = await runCli(args);
+  assert.equal(a.stdout, b.stdout);
+  const bad = await runCli(['generate', '--checkpoint', path.join(tmp, 'nothing-here')]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /^ringattn: checkpoint path .*nothing-here does not exist/);
+  assert.ok(!existsSync(path.join(tmp, 'nothing-here')));
+});
