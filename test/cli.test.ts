@@ -35,3 +35,31 @@ test('a missing spec file and a bad flag are clear errors', async () => {
   assert.equal(r3.code, 2);
   assert.match(r3.stderr, /^ringattn: --resume needs --run-dir/);
 });
+
+test('doctor measures a ring of 2 and calibrates plan\'s this-machine device', async () => {
+  const machineFile = path.join(tmp, 'machine.json');
+  const env = { RINGATTN_MACHINE_FILE: machineFile };
+  const r = await runCli(['doctor', '--workers', '2', '--json'], { env, timeoutMs: 180000 });
+  assert.equal(r.code, 0, r.stderr);
+  const report = JSON.parse(r.stdout.slice(0, r.stdout.lastIndexOf('}') + 1));
+  assert.deepEqual(report.ranks.map((x: { rank: number }) => x.rank), [0, 1]);
+  for (const x of report.ranks) {
+    assert.equal(x.node, process.version);
+    assert.ok(x.backends.some((b: { name: string; available: boolean }) => b.name === 'wasm' && b.available));
+    assert.ok(x.backends.some((b: { name: string; available: boolean; reason?: string }) => b.name === 'tensorflow-gpu' && (b.available || b.reason)));
+    assert.ok(x.kernelGflops > 0);
+  }
+  assert.deepEqual(report.hops.map((h: { bytes: number }) => h.bytes / 2 ** 20), [1, 4, 16, 64]);
+  assert.ok(report.hops.every((h: { gbps: number }) => h.gbps > 0));
+  assert.ok(report.allReduce.busGBps > 0);
+  assert.match(r.stdout, /PASS: the ring of 2 works/);
+  const plan = await runCli(['plan', '--seq-len', '64K', '--device', 'this-machine', '--hidden', '256', '--layers', '2', '--hosts', '2', '--json'], { env });
+  assert.equal(plan.code, 0, plan.stderr);
+  assert.ok(JSON.parse(plan.stdout).device.tflops > 0);
+});
+
+test('--backend names an unusable backend in one line', async () => {
+  const r = await runCli(['doctor', '--workers', '1', '--backend', 'tpu']);
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, /^ringattn: --backend tpu: backend: /);
+});

@@ -8,7 +8,7 @@ import { worldSize, type ClusterSpec } from '../config/index.js';
 import type { DoctorReport } from '../launch/doctor-job.js';
 import { runJob } from '../launch/launcher.js';
 import { machineFilePath } from '../plan/presets.js';
-import { intFlag, resolveSpec } from './common.js';
+import { intFlag, resolveSpec, ringOptions } from './common.js';
 import { planCommand } from './plan.js';
 import { workerCommand } from './worker.js';
 
@@ -19,16 +19,14 @@ function parseRanks(s?: string): number[] | undefined {
 }
 
 function trainCommand(): Command {
-  return new Command('train')
-    .description('train a transformer whose sequences are sharded across the ring (default: the localhost ring of configs/localhost.yaml)')
-    .option('--config <file>', 'cluster spec (YAML)')
+  return ringOptions(new Command('train').description('train a transformer whose sequences are sharded across the ring (default: the localhost ring of configs/localhost.yaml)'))
     .option('--run-dir <dir>', 'run directory (default <runDir>/train-<timestamp>)')
     .option('--resume', 'continue the run in --run-dir from its latest valid checkpoint')
     .option('--ranks <list>', 'show only these ranks\' log lines, e.g. 0,2')
     .option('--quiet', 'no worker log lines on the console')
-    .action(async (opts: { config?: string; runDir?: string; resume?: boolean; ranks?: string; quiet?: boolean }) => {
+    .action(async (opts: { config?: string; backend?: string; kernel?: string; runDir?: string; resume?: boolean; ranks?: string; quiet?: boolean }) => {
       if (opts.resume && !opts.runDir) throw new UserError('--resume needs --run-dir: the run to continue');
-      const spec = resolveSpec({ config: opts.config });
+      const spec = resolveSpec(opts);
       process.stderr.write(`ringattn train: ${worldSize(spec)} worker(s) on ${spec.hosts.map((h) => `${h.name}x${h.slots}`).join(', ')}, ${spec.train.steps} steps of ${spec.train.seqLen} tokens\n`);
       const { runDir, value } = await runJob(spec, { kind: 'train', args: { resume: !!opts.resume } }, { runDir: opts.runDir, quiet: opts.quiet, ranks: parseRanks(opts.ranks) });
       const r = value as { finalLoss: number; steps: number };
@@ -37,7 +35,7 @@ function trainCommand(): Command {
 }
 
 function attnCommand(): Command {
-  return new Command('attn')
+  const cmd = new Command('attn')
     .description('ring attention on .npy arrays [seq, heads, dim] (float32), for checking against PyTorch or JAX')
     .requiredOption('--q <file>', 'queries [seq, heads, dim]')
     .requiredOption('--k <file>', 'keys [seq, kv_heads, dim]')
@@ -46,11 +44,10 @@ function attnCommand(): Command {
     .option('--segments <file>', 'document id per token [seq] (int32/int64), for packed sequences')
     .option('--causal', 'causal mask', false)
     .option('--layout <layout>', `token layout: ${LAYOUTS.join(', ')} (default zigzag when causal, else contiguous)`)
-    .option('--workers <n>', 'ring of N local workers (instead of --config)')
-    .option('--config <file>', 'cluster spec (YAML)')
-    .requiredOption('--out <dir>', 'output folder for out.npy, lse.npy (and dq/dk/dv.npy)')
-    .action(async (opts: { q: string; k: string; v: string; dout?: string; segments?: string; causal: boolean; layout?: string; workers?: string; config?: string; out: string }) => {
-      const spec = resolveSpec({ config: opts.config, workers: opts.workers });
+    .requiredOption('--out <dir>', 'output folder for out.npy, lse.npy (and dq/dk/dv.npy)');
+  return ringOptions(cmd, { workers: true })
+    .action(async (opts: { q: string; k: string; v: string; dout?: string; segments?: string; causal: boolean; layout?: string; workers?: string; config?: string; backend?: string; kernel?: string; out: string }) => {
+      const spec = resolveSpec(opts);
       const token = prepareAttn({ ...opts, layout: opts.layout as Layout | undefined }, worldSize(spec));
       const { value } = await runJob(spec, { kind: 'attn', args: { token } }, { quiet: true });
       for (const f of value as string[]) process.stdout.write(`${f}\n`);
@@ -71,12 +68,9 @@ function formatDoctor(r: DoctorReport, spec: ClusterSpec): string {
 }
 
 function doctorCommand(): Command {
-  return new Command('doctor')
-    .description('launch the ring and check it: hosts, Node, backends, kernel speed, hop latency and bandwidth, all-reduce')
-    .option('--config <file>', 'cluster spec (YAML)')
-    .option('--workers <n>', 'ring of N local workers (instead of --config)')
+  return ringOptions(new Command('doctor').description('launch the ring and check it: hosts, Node, backends, kernel speed, hop latency and bandwidth, all-reduce'), { workers: true })
     .option('--json', 'print the report as JSON')
-    .action(async (opts: { config?: string; workers?: string; json?: boolean }) => {
+    .action(async (opts: { config?: string; workers?: string; backend?: string; kernel?: string; json?: boolean }) => {
       const spec = resolveSpec(opts);
       let report: DoctorReport;
       try {

@@ -1,0 +1,139 @@
+/**
+ * npm run bench:ring — the ring's data plane against raw ZeroMQ, on loopback.
+ *
+ * For 1-64 MiB blocks: raw zeromq PUSH/PULL one way (the ceiling), raw zeromq
+ * with both processes sending and receiving at once (the ring's traffic
+ * pattern), and ringattn's framed ring pass (header + zero-copy payload,
+ * sequence checks, tagged inbox) on a ring of 2 processes. Then all-reduce
+ * throughput on rings of 2 and 3. Prints a markdown table and a JSON line.
+ *
+ *   node --import tsx scripts/bench-ring.ts [--reps 8] [--json]
+ */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { cpus } from 'node:os';
+import { fileURLToPath } from 'node:url';
+import * as zmq from 'zeromq';
+import { allReduceSum, barrier, ringPass } from '../src/ring/collectives.js';
+import { Ring } from '../src/ring/transport.js';
+
+const SELF = fileURLToPath(import.meta.url);
+const MiB = 1 << 20;
+const SIZES = [1, 4, 16, 64];
+
+function arg(name: string, dflt: string): string {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : dflt;
+}
+
+/** Runs `count` copies of this script as children with the given role; resolves with their JSON outputs. */
+function children(count: number, role: object): Promise<any[]> {
+  return Promise.all(
+    Array.from({ length: count }, (_, i) =>
+      new Promise<any>((resolve, reject) => {
+        const c = spawn(process.execPath, ['--import', 'tsx', SELF, '--child', JSON.stringify({ ...role, index: i })], { stdio: ['ignore', 'pipe', 'inherit'] });
+        let out = '';
+        c.stdout.on('data', (d) => (out += d));
+        c.on('exit', (code) => (code === 0 ? resolve(JSON.parse(out)) : reject(new Error(`child ${i} exited ${code}`))));
+      }),
+    ),
+  );
+}
+
+async function child(role: { kind: string; index: number; port: number; bytes: number; reps: number; n: number; jobId: string }): Promise<unknown> {
+  const { index, port, bytes, reps } = role;
+  const block = new Float32Array(bytes / 4).fill(index + 1);
+  if (role.kind === 'raw-oneway' || role.kind === 'raw-both') {
+    const both = role.kind === 'raw-both';
+    const pull = new zmq.Pull({ linger: 0 });
+    const push = new zmq.Push({ linger: 0, sendHighWaterMark: 0 });
+    await pull.bind(`tcp://127.0.0.1:${port + index}`);
+    push.connect(`tcp://127.0.0.1:${port + 1 - index}`);
+    // Handshake so neither side starts the clock before the other is connected.
+    await push.send('ready');
+    await pull.receive();
+    const t0 = performance.now();
+    const sends = (async () => {
+      if (!both && index === 1) return;
+      for (let i = 0; i < reps; i++) await push.send(block.slice());
+    })();
+    const recvs = (async () => {
+      if (!both && index === 0) return;
+      for (let i = 0; i < reps; i++) await pull.receive();
+    })();
+    await Promise.all([sends, recvs]);
+    const ms = performance.now() - t0;
+    await push.send('done');
+    await pull.receive();
+    push.close();
+    pull.close();
+    return { ms };
+  }
+  const peer = (r: number) => ({ rank: r, host: '127.0.0.1', endpoint: `tcp://127.0.0.1:${port + r}` });
+  const n = role.n;
+  const ring = await Ring.open({
+    rank: index, worldSize: n, jobId: role.jobId, bind: peer(index).endpoint, next: peer((index + 1) % n), prev: peer((index + n - 1) % n),
+    opTimeoutMs: 60000, connectTimeoutMs: 10000, heartbeatIntervalMs: 500, heartbeatTimeoutMs: 3000, maxMessageBytes: 1 << 30,
+  });
+  await barrier(ring);
+  let ms: number;
+  if (role.kind === 'ring-pass') {
+    const t0 = performance.now();
+    let held = block;
+    for (let i = 0; i < reps; i++) held = (await ringPass(ring, 'blk', [held]))[0].data as Float32Array;
+    ms = performance.now() - t0;
+  } else {
+    await allReduceSum(ring, block);
+    await barrier(ring);
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) await allReduceSum(ring, block);
+    ms = performance.now() - t0;
+  }
+  await ring.close();
+  return { ms };
+}
+
+async function freeBase(): Promise<number> {
+  return 40000 + Math.floor(Math.random() * 20000);
+}
+
+async function main(): Promise<void> {
+  const reps = Number(arg('--reps', '8'));
+  const rows: Array<Record<string, number>> = [];
+  for (const mib of SIZES) {
+    const bytes = mib * MiB;
+    const r = Math.max(2, Math.round((reps * 16) / mib));
+    const gbps = (ms: number) => (r * bytes) / (ms / 1000) / 1e9;
+    const oneway = await children(2, { kind: 'raw-oneway', port: await freeBase(), bytes, reps: r });
+    const both = await children(2, { kind: 'raw-both', port: await freeBase(), bytes, reps: r });
+    const ring = await children(2, { kind: 'ring-pass', port: await freeBase(), bytes, reps: r, n: 2, jobId: randomBytes(8).toString('hex') });
+    const maxMs = (xs: any[]) => Math.max(...xs.map((x) => x.ms));
+    rows.push({ mib, rawOneway: gbps(maxMs(oneway)), rawBoth: gbps(maxMs(both)), ringPass: gbps(maxMs(ring)) });
+  }
+  const allReduce: Array<Record<string, number>> = [];
+  for (const n of [2, 3]) {
+    const bytes = 64 * MiB;
+    const r = 3;
+    const res = await children(n, { kind: 'allreduce', port: await freeBase(), bytes, reps: r, n, jobId: randomBytes(8).toString('hex') });
+    const ms = Math.max(...res.map((x) => x.ms)) / r;
+    allReduce.push({ n, mib: 64, ms, algGBps: bytes / (ms / 1000) / 1e9, busGBps: ((2 * (n - 1)) / n) * bytes / (ms / 1000) / 1e9 });
+  }
+  if (process.argv.includes('--json')) {
+    process.stdout.write(`${JSON.stringify({ cpus: cpus().length, cpu: cpus()[0]?.model, rows, allReduce })}\n`);
+    return;
+  }
+  console.log(`machine: ${cpus().length} x ${cpus()[0]?.model}; loopback tcp; GB/s = 1e9 bytes/s per direction`);
+  console.log('| block | raw zmq one-way | raw zmq both ways | ringattn ring pass (ring of 2) | ring / raw both ways |');
+  console.log('| --- | --- | --- | --- | --- |');
+  for (const x of rows) console.log(`| ${x.mib} MiB | ${x.rawOneway.toFixed(2)} | ${x.rawBoth.toFixed(2)} | ${x.ringPass.toFixed(2)} | ${((100 * x.ringPass) / x.rawBoth).toFixed(0)}% |`);
+  console.log('\n| all-reduce | time | algorithm bandwidth | bus bandwidth |');
+  console.log('| --- | --- | --- | --- |');
+  for (const a of allReduce) console.log(`| ${a.mib} MiB on ${a.n} ranks | ${a.ms.toFixed(0)} ms | ${a.algGBps.toFixed(2)} GB/s | ${a.busGBps.toFixed(2)} GB/s |`);
+}
+
+const ci = process.argv.indexOf('--child');
+if (ci >= 0) {
+  child(JSON.parse(process.argv[ci + 1])).then((r) => process.stdout.write(JSON.stringify(r)));
+} else {
+  void main();
+}
