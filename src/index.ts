@@ -1,1 +1,13 @@
-export * from './kernels/types.js';
+/** ringattn as a library: the same pieces the CLI is built from. */
+export { UserError } from './errors.js';
+export { loadSpec, parseSpec, specFromObject, rankTable, worldSize, parseSize, type ClusterSpec } from './config/index.js';
+export type { AttentionKernel, BlockArgs, BlockPartial, BlockGrads, BlockGradArgs, AttentionDims } from './kernels/types.js';
+export { loadKernel, referenceKernel, fullAttentionReference, mergePartial, emptyPartial, rowDelta } from './kernels/index.js';
+export { Ring, RingError, type RingOptions, type RingPeer } from './ring/transport.js';
+export { allReduceSum, barrier, broadcast, ringPass } from './ring/collectives.js';
+export { ringAttentionForward, ringAttentionBackward, ringAttentionOp, newRingStepStats, type RingAttentionConfig, type RingStepStats } from './attention/ring-attention.js';
+export { shardPositions, checkLayout, defaultLayout, gatherShard, scatterShard, LAYOUTS, type Layout } from './attention/layout.js';
+export { Trace, traceDocument } from './attention/trace.js';
+export { runJob, LaunchError, type LaunchOptions, type JobOutcome } from './launch/launcher.js';
+export { readNpy, readNpyAs, writeNpy } from './tensor/npy.js';
+export { selectBackend } from './tensor/backend.js';

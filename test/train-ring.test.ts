@@ -14,6 +14,7 @@ import { selectBackend } from '../src/tensor/backend.js';
 import { loadCheckpoint } from '../src/train/checkpoint.js';
 import { resolveLayout, train, type TrainRing } from '../src/train/loop.js';
 import type { StepMetrics } from '../src/train/metrics.js';
+import { relErr } from './helpers/attention.js';
 import { closeAll, openLocalRing } from './helpers/ring.js';
 
 /**
@@ -81,16 +82,6 @@ async function trainOnRing(n: number, spec: ClusterSpec): Promise<{ losses: Step
   return { losses, runDir };
 }
 
-function maxRel(a: Float32Array, b: Float32Array): number {
-  let num = 0;
-  let den = 0;
-  for (let i = 0; i < a.length; i++) {
-    num = Math.max(num, Math.abs(a[i] - b[i]));
-    den = Math.max(den, Math.abs(b[i]));
-  }
-  return num / den;
-}
-
 for (const layout of ['zigzag', 'contiguous']) {
   test(`${layout}: 1 and 3 optimizer steps on rings of 2, 3 and 4 equal the unsharded run`, async () => {
     const spec = tinySpec({ layout, steps: 3 });
@@ -105,7 +96,7 @@ for (const layout of ['zigzag', 'contiguous']) {
       for (const step of [1, 3]) {
         const a = loadCheckpoint(path.join(run.runDir, `ckpt-${step}`)).params.flat;
         const b = loadCheckpoint(path.join(base.runDir, `ckpt-${step}`)).params.flat;
-        const rel = maxRel(a, b);
+        const rel = relErr(a, b);
         assert.ok(rel <= 1e-5, `N=${n} after ${step} step(s): parameters differ by ${rel} relative`);
       }
     }
