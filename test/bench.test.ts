@@ -10,6 +10,7 @@ import { benchArgs, BENCH_SHAPE_DEFAULTS, type BenchParams } from '../src/bench/
 import { benchPlan, hostFit, memoryPlan } from '../src/bench/plan.js';
 import { formatReport, type BenchReport, type Figures } from '../src/bench/report.js';
 import { parseSweep, renderSweepChart, sweepRow } from '../src/bench/sweep.js';
+import { benchCommand } from '../src/cli/bench.js';
 import { specFromObject, type ClusterSpec } from '../src/config/index.js';
 import { UserError } from '../src/errors.js';
 import type { DriverContext, WorkerContext } from '../src/launch/job.js';
@@ -303,4 +304,24 @@ test('sweeps: parsing, one table row per point, an SVG chart', async () => {
   assert.match(svg, /tokens\/s/);
   assert.match(svg, /memory per worker/);
   assert.match(svg, /overlap/);
+});
+
+test('the CLI refuses what cannot run before launching anything', async () => {
+  const refuse = async (args: string[], why: RegExp) => {
+    await assert.rejects(benchCommand().parseAsync(args, { from: 'user' }), (err: Error) => {
+      assert.ok(err instanceof UserError, `${args.join(' ')}: ${err.message}`);
+      assert.match(err.message, why);
+      return true;
+    });
+  };
+  await refuse(['--heads', '4', '--kv-heads', '3'], /--kv-heads 3 does not divide --heads 4/);
+  await refuse(['--layout', 'diagonal'], /--layout: expected one of/);
+  await refuse(['--seq-len', '1000', '--workers', '3'], /cannot be split by the zigzag layout over 3/);
+  // 8M tokens with 4 KV heads of 64: k and v frames of 4 GiB each.
+  await refuse(['--seq-len', '8M', '--heads', '4', '--kv-heads', '4', '--head-dim', '64'], /ring\.maxMessageBytes/);
+  // 64 workers of 4M tokens each on this one machine.
+  await refuse(['--workers', '64', '--seq-len', '256M'], /not enough memory on host localhost: each of its 64 worker\(s\) needs/);
+  await refuse(['--sweep', 'workers=1,2', '--config', 'configs/localhost.yaml'], /cannot be combined with --config/);
+  await refuse(['--sweep', 'seq-len=1K,2K', '--seq-len', '4K'], /drop --seq-len/);
+  await refuse(['--seq-len', '4K', '--seq-per-worker', '2K'], /exclusive/);
 });

@@ -136,7 +136,7 @@ describe('valid specs', () => {
       seed: 1234,
     });
     assert.deepEqual(spec.data, { kind: 'text', paths: [], evalFraction: 0.05 });
-    assert.deepEqual(spec.bench, { seqLen: 65536, heads: 4, kvHeads: 4, headDim: 64, backward: false, timeLimitS: 300, iterations: 3 });
+    assert.deepEqual(spec.bench, { seqLen: 65536, heads: 2, kvHeads: 1, headDim: 32, backward: false, timeLimitS: 300, iterations: 3 });
     assert.equal(worldSize(spec), 2);
     assert.equal(resolvedLaunch(spec.hosts[0]), 'local');
     assert.equal(resolvedSecurity(spec), 'none');

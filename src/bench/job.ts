@@ -30,8 +30,8 @@ import { chosenEntries, mod, queryTiles, sortedCopy, spreadTiles, stepOwner, til
  * Every worker allocates its real shards (random q, k, v from a seeded PRNG),
  * measures one hop of a real-size KV block with nothing else running, and
  * calibrates the kernel on real tiles. If all of the work fits the time limit
- * it runs it: a warm-up, `iterations` timed ring runs, then the same kernel
- * calls with no ring. Otherwise the ring runs are just as real (every block
+ * it runs it: a warm-up, `iterations` timed ring runs, then as many passes of
+ * the same kernel calls with no ring. Otherwise the ring runs are just as real (every block
  * travels, every buffer has its size, every merge happens) but the kernel
  * computes only evenly spread query tiles, whose exact share of the work is
  * counted so the report can say what was measured and what is projected.
@@ -60,8 +60,11 @@ async function collectGarbage(): Promise<void> {
     }
   }
   if (!gcFn) return;
-  gcFn();
-  await new Promise((resolve) => setTimeout(resolve, 50));
+  // Two rounds: finalizers of the first (ZeroMQ's message buffers) free memory the second finds.
+  for (let i = 0; i < 2; i++) {
+    gcFn();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }
 
 /** Element-wise sum of one-hot vectors: every rank learns every rank's value. */
@@ -76,6 +79,7 @@ async function measureHop(ring: Ring, k: Float32Array, v: Float32Array, trace?: 
   const timed = k.byteLength + v.byteLength > 256 * 2 ** 20 ? 2 : 3;
   const runsMs: number[] = [];
   for (let i = 0; i <= timed; i++) {
+    await collectGarbage(); // the block received by the previous pass
     await barrier(ring);
     const start = performance.now();
     await ringPass(ring, 'bench-hop', [k, v]);
@@ -91,6 +95,13 @@ async function measureHop(ring: Ring, k: Float32Array, v: Float32Array, trace?: 
 
 async function benchWorker(ctx: WorkerContext): Promise<void> {
   const started = performance.now();
+  const memory: RankResult['memory'] = [];
+  // Which phase set the peak: resident now, and the high-water mark so far, after each phase.
+  const phaseDone = (phase: string, fields: Record<string, unknown> = {}) => {
+    const m = { phase, rssBytes: process.memoryUsage().rss, maxRssBytes: process.resourceUsage().maxRSS * 1024, atMs: performance.now() - started };
+    memory.push(m);
+    ctx.log.info({ ...fields, rssMiB: Math.round(m.rssBytes / 2 ** 20), maxRssMiB: Math.round(m.maxRssBytes / 2 ** 20) }, `bench: ${phase}`);
+  };
   const p = parseBenchArgs(ctx.args);
   const { rank, worldSize: n, spec } = ctx;
   if (p.workers !== n) throw new UserError(`bench: resolved for ${p.workers} worker(s), but the ring has ${n}`);
@@ -125,13 +136,16 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
   const v = fillUnitUniform(new Float32Array(s * G * D), deriveSeed(p.seed, rank, 2));
   const dO = p.backward ? fillUnitUniform(new Float32Array(s * H * D), deriveSeed(p.seed, rank, 3)) : null;
   const allocMs = performance.now() - allocStart;
+  phaseDone('shards allocated', { ms: Math.round(allocMs) });
 
   const ring = n > 1 ? ctx.ring : null;
   const trace = p.trace ? new Trace(rank) : undefined;
   await barrier(ctx.ring);
   const transfer = ring ? await measureHop(ring, k, v, trace) : null;
+  phaseDone('KV hop measured', { msPerHop: transfer?.msPerHop });
   await collectGarbage();
   const calibration = await calibrateKernel(loaded.kernel, p, { shardLen: s, tileQ, tileKV, backward: p.backward, data: { q, k, v } });
+  phaseDone('kernel calibrated', { fwdGflops: +calibration.fwdGflops.toFixed(2) });
 
   // Exact work per query tile and ring step; the time-limited mode picks tiles from it.
   const entries = tileEntries(qPos, tileQ, (owner) => sortedCopy(positionsOf(owner)), rank, n, p.causal);
@@ -144,7 +158,7 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
   if (p.rowFraction !== undefined) {
     want = Math.max(1, Math.round(p.rowFraction * totalTiles));
   } else {
-    const runs = p.iterations + 2; // warm-up, timed iterations, the no-ring run
+    const runs = 2 * p.iterations + 1; // warm-up, timed iterations, as many no-ring passes
     const hops = n > 1 ? n - 1 + (p.backward ? 2 * n - 1 : 0) : 0;
     const fixedMs = runs * hops * (transfer?.msPerHop ?? 0);
     const budgetMs = p.timeLimitS * 1000 * BUDGET_SHARE - (performance.now() - started) - fixedMs;
@@ -189,6 +203,7 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
     workersOnHost,
   };
   await ctx.result('setup', setup);
+  phaseDone(`work counted: ${setup.mode}, ${chosen.length} of ${totalTiles} query tiles`);
   await collectGarbage();
 
   const base: RingAttentionConfig = { ring, kernel: metered, causal: p.causal, heads: H, kvHeads: G, headDim: D, overlap: p.overlap, positionsOf };
@@ -219,27 +234,35 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
     return { it: { wallMs: t2 - t0, fwd, bwd }, out };
   };
 
-  const warm = await runOnce();
-  let last = warm.out;
-  // The warm-up's wall time is what one more iteration costs: run as many as the limit leaves room for.
-  const warmKernelMs = [...warm.it.fwd.kernelMsPerStep, ...(warm.it.bwd?.kernelMsPerStep ?? [])].reduce((a, b) => a + b, 0);
-  const left = p.timeLimitS * 1000 - (performance.now() - started) - warmKernelMs; // the no-ring run costs about the kernel time
-  let iterationsToRun = Math.max(1, Math.min(p.iterations, Math.floor(left / Math.max(warm.it.wallMs, 1e-3))));
+  // Only the backward's no-ring pass needs an output (its o and lse); holding one across
+  // an iteration would add a whole output block to that iteration's peak memory.
+  let last: BlockPartial | null = null;
+  const warm = await runOnce().then((r) => {
+    if (dO) last = r.out;
+    return r.it;
+  });
+  phaseDone('warm-up done', { wallMs: Math.round(warm.wallMs) });
+  // The warm-up says what an iteration costs: its wall time, plus about its kernel time for the
+  // no-ring pass that goes with it. Run as many as the time limit leaves room for.
+  const warmKernelMs = [...warm.fwd.kernelMsPerStep, ...(warm.bwd?.kernelMsPerStep ?? [])].reduce((a, b) => a + b, 0);
+  const left = p.timeLimitS * 1000 - (performance.now() - started);
+  let iterationsToRun = Math.max(1, Math.min(p.iterations, Math.floor(left / Math.max(warm.wallMs + warmKernelMs, 1e-3))));
   if (ring) iterationsToRun = Math.min(...(await gatherValues(ring, iterationsToRun)));
   const iterations: IterationRaw[] = [];
   for (let i = 0; i < iterationsToRun; i++) {
+    last = null;
     await collectGarbage();
     await barrier(ctx.ring);
     const r = await runOnce(trace);
     iterations.push(r.it);
-    last = r.out;
+    if (dO) last = r.out;
+    phaseDone(`iteration ${i + 1} of ${iterationsToRun} done`, { wallMs: Math.round(r.it.wallMs) });
   }
 
   // The same kernel calls with no ring: local K and V stand in for the other blocks,
   // with the other blocks' positions, so masks, skipped blocks and shapes are identical.
   await collectGarbage();
   await barrier(ctx.ring);
-  metered.reset();
   const blockArgs = (t: number): BlockArgs => ({
     heads: H,
     kvHeads: G,
@@ -254,21 +277,31 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
     causal: p.causal,
     scale: 1 / Math.sqrt(D),
   });
-  for (let t = 0; t < n; t++) {
-    const a = blockArgs(t);
-    if (!isFullyMasked(a)) await metered.forward(a);
-  }
-  const pureFwd = [...metered.fwdMs];
-  let pureBwd: number[] | null = null;
-  if (dO) {
-    const grad = { dO, lse: last.lse, delta: rowDelta(dO, last.o, s, H, D) };
-    const acc = { dq: new Float32Array(s * H * D), dk: new Float32Array(s * G * D), dv: new Float32Array(s * G * D) };
+  // As many passes as timed ring iterations: both sides of the ring overhead are means over the same count.
+  const out = last as BlockPartial | null;
+  const grad = dO && out ? { dO, lse: out.lse, delta: rowDelta(dO, out.o, s, H, D) } : null;
+  const acc = dO ? { dq: new Float32Array(s * H * D), dk: new Float32Array(s * G * D), dv: new Float32Array(s * G * D) } : null;
+  const pureFwd = new Array<number>(n).fill(0);
+  const pureBwd = dO ? new Array<number>(n).fill(0) : null;
+  for (let pass = 0; pass < iterationsToRun; pass++) {
+    if (pass > 0) await collectGarbage();
+    metered.reset();
     for (let t = 0; t < n; t++) {
       const a = blockArgs(t);
-      if (!isFullyMasked(a)) await metered.backward(a, grad, acc);
+      if (!isFullyMasked(a)) await metered.forward(a);
     }
-    pureBwd = [...metered.bwdMs];
+    if (grad && acc) {
+      for (let t = 0; t < n; t++) {
+        const a = blockArgs(t);
+        if (!isFullyMasked(a)) await metered.backward(a, grad, acc);
+      }
+    }
+    for (let t = 0; t < n; t++) {
+      pureFwd[t] += metered.fwdMs[t] / iterationsToRun;
+      if (pureBwd) pureBwd[t] += metered.bwdMs[t] / iterationsToRun;
+    }
   }
+  phaseDone('no-ring passes done');
   await barrier(ctx.ring);
 
   const result: RankResult = {
@@ -282,6 +315,7 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
     transferMsPerHop: transfer?.msPerHop ?? null,
     peakRssBytes: process.resourceUsage().maxRSS * 1024,
     ringBufferBytes: mem.memory.ringBytes,
+    memory,
   };
   await ctx.result('bench', result);
   if (trace) await ctx.result('trace', { events: trace.events });

@@ -44,8 +44,6 @@ export interface BenchParams {
  * ~5 GiB per worker, which a 24 GiB 2-worker host holds.
  */
 export const BENCH_SHAPE_DEFAULTS = { heads: 2, kvHeads: 1, headDim: 32 } as const;
-/** The schema's original bench shape defaults (heads 4, kvHeads = heads, headDim 64). */
-export const SCHEMA_SHAPE_DEFAULTS = { heads: 4, kvHeads: 4, headDim: 64 } as const;
 
 /** Default seed of the random q, k, v (any fixed value: only repeatability matters). */
 export const DEFAULT_SEED = 1;

@@ -68,7 +68,12 @@ export interface BenchPlan {
   /** Hops a rank sends per iteration: forward N-1 KV blocks; backward N-1 KV blocks and N dK/dV blocks. */
   hopsPerRank: { forward: number; backward: number };
   bytesSentPerRank: number;
-  memory: { items: BufferItem[]; ringBytes: number; perWorkerBytes: number };
+  /**
+   * ringBytes: the buffers above. slackBytes: the previous step's block output
+   * and KV block, which stay allocated until the collector reaches them.
+   * perWorkerBytes: both plus the runtime allowance, what a host must have per worker.
+   */
+  memory: { items: BufferItem[]; ringBytes: number; slackBytes: number; perWorkerBytes: number };
 }
 
 /** The cheap part of the plan: sizes and memory, no counting of entries. */
@@ -77,7 +82,15 @@ export function memoryPlan(p: BenchParams): Pick<BenchPlan, 'shardLen' | 'bytesP
   const frameBytes = shardLen * p.kvHeads * p.headDim * F32;
   const items = ringBuffers(p, shardLen, p.workers);
   const ringBytes = items.reduce((a, b) => a + b.bytes, 0);
-  return { shardLen, frameBytes, bytesPerHop: 2 * frameBytes, memory: { items, ringBytes, perWorkerBytes: ringBytes + RUNTIME_ALLOWANCE_BYTES } };
+  // The previous step's block output and the KV block received before this one, both
+  // garbage by then, stay allocated until the collector gets to them.
+  const slackBytes = shardLen * p.heads * (p.headDim + 1) * F32 + (p.workers > 1 ? 2 * frameBytes : 0);
+  return {
+    shardLen,
+    frameBytes,
+    bytesPerHop: 2 * frameBytes,
+    memory: { items, ringBytes, slackBytes, perWorkerBytes: ringBytes + slackBytes + RUNTIME_ALLOWANCE_BYTES },
+  };
 }
 
 export function benchPlan(p: BenchParams): BenchPlan {
@@ -131,6 +144,19 @@ export function checkMessageSize(plan: Pick<BenchPlan, 'shardLen' | 'frameBytes'
   }
 }
 
+/**
+ * ZeroMQ answers a heartbeat only between frames, so a PING can wait behind a
+ * whole KV block (k and v), and with --backward a dK/dV block queued after it.
+ * 1 GiB KV blocks crossed a loaded loopback link at ~170 MB/s here; the
+ * heartbeat timeout must survive a link three times slower than that.
+ */
+export const SLOW_LINK_BYTES_PER_S = 50e6;
+
+/** The ring.heartbeatTimeoutMs a run needs so that its own blocks never look like a dead peer. */
+export function heartbeatTimeoutFor(plan: Pick<BenchPlan, 'bytesPerHop'>): number {
+  return Math.ceil(((2 * plan.bytesPerHop) / SLOW_LINK_BYTES_PER_S) * 1000);
+}
+
 export interface HostFit {
   host: string;
   workers: number;
@@ -151,7 +177,7 @@ export function checkHostFit(fit: HostFit): void {
   if (fit.fits) return;
   throw new UserError(
     `not enough memory on host ${fit.host}: each of its ${fit.workers} worker(s) needs ${formatBytes(fit.neededBytes)} ` +
-      `(ring attention buffers plus ${formatBytes(RUNTIME_ALLOWANCE_BYTES)} of runtime), but ${formatBytes(fit.usableBytes)} is usable ` +
+      `(ring attention buffers, the previous step's block output and KV block until collected, and ${formatBytes(RUNTIME_ALLOWANCE_BYTES)} of runtime), but ${formatBytes(fit.usableBytes)} is usable ` +
       `(${Math.round(HOST_MEMORY_FRACTION * 100)}% of ${formatBytes(fit.totalBytes)} / ${fit.workers}); ` +
       `use more workers, fewer heads or KV heads, a smaller head dim, or drop --backward`,
   );

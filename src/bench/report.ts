@@ -319,6 +319,7 @@ export function formatMs(ms: number): string {
 }
 
 export function formatCount(x: number): string {
+  if (x === 0) return '0';
   const a = Math.abs(x);
   if (a >= 1e12) return `${(x / 1e12).toPrecision(3)}T`;
   if (a >= 1e9) return `${(x / 1e9).toPrecision(3)}G`;
@@ -431,20 +432,21 @@ export function formatPlan(
     plan.memory.items.map((i) => `${i.name} ${formatBytes(i.bytes)}`).join(', '));
   for (const f of extra.fits ?? []) {
     lines.push(
-      `  memory      host ${f.host}: ${f.workers} worker(s) x ${formatBytes(f.neededBytes)} (with runtime); usable ${formatBytes(f.usableBytes)} each -> ` +
+      `  memory      host ${f.host}: ${f.workers} worker(s) x ${formatBytes(f.neededBytes)} (buffers + ${formatBytes(plan.memory.slackBytes)} not yet collected + runtime); ` +
+        `usable ${formatBytes(f.usableBytes)} each -> ` +
         (f.fits ? 'fits' : 'DOES NOT FIT'),
     );
   }
   if (extra.calibration) {
     const c = extra.calibration;
     const perPass = Math.max(...plan.entries.perRank.map((e) => estimateKernelMs(c, e, p.backward)));
-    const runs = p.iterations + 2;
+    const runs = 2 * p.iterations + 1;
     const budget = extra.timeLimitS * 1000;
     lines.push(
       `  estimate    kernel ${extra.kernel ?? ''} at ${c.fwdGflops.toPrecision(3)} GFLOP/s forward` +
         (c.bwdGflops ? `, ${c.bwdGflops.toPrecision(3)} backward` : '') +
         ` (${c.qRows}x${c.kvRows} tiles on this machine): ${formatMs(perPass)} of compute per iteration on the busiest worker, ` +
-        `${formatMs(perPass * runs)} for warm-up + ${p.iterations} iteration(s) + the no-ring run`,
+        `${formatMs(perPass * runs)} for warm-up + ${p.iterations} iteration(s) + as many no-ring passes`,
     );
     if (perPass * runs > budget * 0.7) {
       lines.push(

@@ -134,6 +134,22 @@ interface Panel {
   title: string;
   fmt: (v: number) => string;
   series: Series[];
+  /** Tick values covering [0, max]; decimal steps unless given. */
+  ticks?: (max: number) => number[];
+}
+
+const BYTE_UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+const byteUnit = (max: number) => Math.min(BYTE_UNITS.length - 1, Math.max(0, Math.floor(Math.log2(Math.max(1, max)) / 10)));
+
+/** Ticks at round numbers of the largest binary unit the maximum reaches (0, 50, 100 MiB; not 47.7 MiB). */
+function byteTicks(max: number): number[] {
+  const unit = 1024 ** byteUnit(max);
+  return ticksTo(max / unit).map((t) => t * unit);
+}
+
+function byteLabel(v: number, max: number): string {
+  const u = byteUnit(max);
+  return `${+(v / 1024 ** u).toPrecision(6)} ${BYTE_UNITS[u]}`;
 }
 
 const PANELS: Panel[] = [
@@ -141,6 +157,7 @@ const PANELS: Panel[] = [
   {
     title: 'memory per worker',
     fmt: formatBytes,
+    ticks: byteTicks,
     series: [
       { name: 'peak RSS (measured)', color: '#d62728', pick: (r) => r.peakRssBytes },
       { name: 'ring buffers (analytic)', color: '#7f7f7f', pick: (r) => r.ringBufferBytes },
@@ -161,7 +178,7 @@ const PANELS: Panel[] = [
 export function renderSweepChart(variable: SweepVariable, rows: SweepRow[]): string {
   const W = 760;
   const PH = 210;
-  const m = { l: 84, r: 190, t: 34, b: 44 };
+  const m = { l: 84, r: 190, t: 44, b: 44 };
   const H = m.t + PANELS.length * (PH + m.b) + 8;
   const plotW = W - m.l - m.r;
   const x = (i: number) => m.l + (rows.length === 1 ? plotW / 2 : (i * plotW) / (rows.length - 1));
@@ -169,18 +186,21 @@ export function renderSweepChart(variable: SweepVariable, rows: SweepRow[]): str
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
   out.push(`<rect width="${W}" height="${H}" fill="white"/>`);
   out.push(`<text x="${m.l}" y="20" font-size="14" font-weight="bold">ringattn bench sweep over ${esc(variable)}</text>`);
-  out.push(`<text x="${W - m.r + 10}" y="20" fill="#555">filled: measured, hollow: projected</text>`);
+  out.push(`<text x="${W - m.r + 10}" y="20" fill="#555">filled dot: measured</text>`);
+  out.push(`<text x="${W - m.r + 10}" y="34" fill="#555">hollow dot: projected</text>`);
   PANELS.forEach((panel, pi) => {
     const top = m.t + pi * (PH + m.b);
     const bottom = top + PH - 20;
     const values = rows.flatMap((r) => panel.series.map((s) => s.pick(r)?.value ?? null)).filter((v): v is number => v !== null);
-    const ticks = ticksTo(Math.max(0, ...values));
+    const max = Math.max(0, ...values);
+    const ticks = (panel.ticks ?? ticksTo)(max);
     const yMax = ticks[ticks.length - 1] || 1;
+    const tickLabel = panel.ticks === byteTicks ? (t: number) => byteLabel(t, max) : panel.fmt;
     const y = (v: number) => bottom - ((bottom - top - 16) * v) / yMax;
     out.push(`<text x="${m.l}" y="${top + 8}" font-weight="bold">${esc(panel.title)}</text>`);
     for (const t of ticks) {
       out.push(`<line x1="${m.l}" x2="${m.l + plotW}" y1="${y(t)}" y2="${y(t)}" stroke="#e5e5e5"/>`);
-      out.push(`<text x="${m.l - 6}" y="${y(t) + 4}" text-anchor="end" fill="#333">${esc(panel.fmt(t))}</text>`);
+      out.push(`<text x="${m.l - 6}" y="${y(t) + 4}" text-anchor="end" fill="#333">${esc(t === 0 ? '0' : tickLabel(t))}</text>`);
     }
     out.push(`<line x1="${m.l}" x2="${m.l + plotW}" y1="${bottom}" y2="${bottom}" stroke="#333"/>`);
     out.push(`<line x1="${m.l}" x2="${m.l}" y1="${top + 12}" y2="${bottom}" stroke="#333"/>`);

@@ -60,4 +60,6 @@ export interface RankResult {
   peakRssBytes: number;
   /** The analytic bytes of this rank's ring attention buffers. */
   ringBufferBytes: number;
+  /** Resident memory and its high-water mark after each phase (which phase set the peak). */
+  memory: Array<{ phase: string; rssBytes: number; maxRssBytes: number; atMs: number }>;
 }

@@ -4,11 +4,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { defaultLayout, LAYOUTS, type Layout } from '../attention/layout.js';
 import { calibrateKernel, type Calibration } from '../bench/calibrate.js';
-import { benchArgs, BENCH_SHAPE_DEFAULTS, checkParams, DEFAULT_SEED, SCHEMA_SHAPE_DEFAULTS, type BenchParams } from '../bench/params.js';
-import { benchPlan, checkHostFit, checkMessageSize, hostFit, type BenchPlan, type HostFit } from '../bench/plan.js';
+import { benchArgs, BENCH_SHAPE_DEFAULTS, checkParams, DEFAULT_SEED, type BenchParams } from '../bench/params.js';
+import { benchPlan, checkHostFit, checkMessageSize, formatBytes, heartbeatTimeoutFor, hostFit, memoryPlan, type BenchPlan, type HostFit } from '../bench/plan.js';
 import { formatPlan, type BenchReport } from '../bench/report.js';
 import { formatSweep, parseSweep, sweepRow, writeSweep, type SweepRow } from '../bench/sweep.js';
-import { formatSize, parseSize, resolvedLaunch, worldSize, type ClusterSpec } from '../config/index.js';
+import { formatSize, parseSize, resolvedLaunch, specFromObject, worldSize, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
 import { loadKernel } from '../kernels/index.js';
 import { runJob } from '../launch/launcher.js';
@@ -39,15 +39,9 @@ interface BenchOptions {
 
 export const REPORT_FILE = 'bench-report.json';
 
-/**
- * Heads, KV heads and head dim: flags, else the spec's bench section. A spec
- * that still has the schema's original defaults (4, 4, 64) gets the bench
- * defaults that fit 8M tokens on two workers of this class of machine.
- */
+/** Heads, KV heads and head dim: flags, else the spec's bench section. */
 function benchShape(spec: ClusterSpec, o: BenchOptions): { heads: number; kvHeads: number; headDim: number } {
-  const b = spec.bench;
-  const old = b.heads === SCHEMA_SHAPE_DEFAULTS.heads && b.kvHeads === SCHEMA_SHAPE_DEFAULTS.kvHeads && b.headDim === SCHEMA_SHAPE_DEFAULTS.headDim;
-  const base = old ? BENCH_SHAPE_DEFAULTS : b;
+  const base = spec.bench;
   const heads = o.heads !== undefined ? intFlag(o.heads, '--heads') : base.heads;
   let kvHeads = o.kvHeads !== undefined ? intFlag(o.kvHeads, '--kv-heads') : base.kvHeads;
   // --heads alone with a KV head count that does not divide it: plain multi-head attention.
@@ -88,13 +82,31 @@ function resolveParams(spec: ClusterSpec, o: BenchOptions, seqLenOverride?: numb
   return p;
 }
 
-/** Everything that can be refused before a worker starts: frame size, memory of the hosts this machine is. */
-function precheck(spec: ClusterSpec, plan: BenchPlan): HostFit[] {
-  checkMessageSize(plan, plan.workers, spec.ring.maxMessageBytes);
+/**
+ * Everything that can be refused before a worker starts (frame size, memory of
+ * the hosts that are this machine), checked before the plan counts the work.
+ */
+function precheck(spec: ClusterSpec, p: BenchParams): HostFit[] {
+  const mem = memoryPlan(p);
+  checkMessageSize(mem, p.workers, spec.ring.maxMessageBytes);
   // Remote hosts check themselves before they allocate; this machine is known here.
-  const fits = spec.hosts.filter((h) => resolvedLaunch(h) === 'local').map((h) => hostFit(h.name, h.slots, os.totalmem(), plan.memory.perWorkerBytes));
+  const fits = spec.hosts.filter((h) => resolvedLaunch(h) === 'local').map((h) => hostFit(h.name, h.slots, os.totalmem(), mem.memory.perWorkerBytes));
   for (const f of fits) checkHostFit(f);
   return fits;
+}
+
+/**
+ * The spec the job runs with: ring.heartbeatTimeoutMs raised (never lowered) so
+ * that a heartbeat queued behind a large KV block does not drop the link.
+ */
+function jobSpec(spec: ClusterSpec, plan: BenchPlan, out: (line: string) => void): ClusterSpec {
+  const need = heartbeatTimeoutFor(plan);
+  if (plan.workers < 2 || need <= spec.ring.heartbeatTimeoutMs) return spec;
+  out(
+    `  heartbeat   ring.heartbeatTimeoutMs raised from ${spec.ring.heartbeatTimeoutMs} to ${need} for this run: ` +
+      `a heartbeat can wait behind a ${formatBytes(plan.bytesPerHop)} KV block`,
+  );
+  return specFromObject({ ...spec, ring: { ...spec.ring, heartbeatTimeoutMs: need } }, `${spec.name} (bench)`);
 }
 
 /** The kernel the workers will load, timed on tiles of the run's shape on this machine. */
@@ -113,11 +125,11 @@ function stamp(): string {
 async function runOne(o: BenchOptions, out: (line: string) => void): Promise<void> {
   const spec = resolveSpec({ config: o.config, workers: o.workers });
   const p = resolveParams(spec, o);
+  const fits = precheck(spec, p);
   const plan = benchPlan(p);
-  const fits = precheck(spec, plan);
   const { kernel, calibration } = await calibrateHere(spec, p, plan.shardLen);
   for (const line of formatPlan(p, plan, { kernel, calibration, fits, maxMessageBytes: spec.ring.maxMessageBytes, timeLimitS: p.timeLimitS }).split('\n')) out(line);
-  const { runDir, value } = await runJob(spec, { kind: 'bench', args: benchArgs(p) }, { quiet: !o.verbose, print: out, runDir: o.out ? path.resolve(o.out) : undefined });
+  const { runDir, value } = await runJob(jobSpec(spec, plan, out), { kind: 'bench', args: benchArgs(p) }, { quiet: !o.verbose, print: out, runDir: o.out ? path.resolve(o.out) : undefined });
   const report = value as BenchReport;
   const file = path.join(runDir, REPORT_FILE);
   writeFileSync(file, JSON.stringify(report, null, 2) + '\n');
@@ -144,12 +156,12 @@ async function runSweep(o: BenchOptions, out: (line: string) => void): Promise<v
     try {
       const spec = specOf(value);
       const p = resolveParams(spec, o, sweep.variable === 'seq-len' ? value : undefined);
+      const fits = precheck(spec, p);
       const plan = benchPlan(p);
-      const fits = precheck(spec, plan);
       cal ??= await calibrateHere(spec, p, plan.shardLen);
       out(`--- ${label}`);
       for (const line of formatPlan(p, plan, { ...cal, fits, maxMessageBytes: spec.ring.maxMessageBytes, timeLimitS: p.timeLimitS }).split('\n')) out(line);
-      const { runDir, value: report } = await runJob(spec, { kind: 'bench', args: benchArgs(p) }, { quiet: !o.verbose, print: out, runDir: path.join(outDir, label) });
+      const { runDir, value: report } = await runJob(jobSpec(spec, plan, out), { kind: 'bench', args: benchArgs(p) }, { quiet: !o.verbose, print: out, runDir: path.join(outDir, label) });
       writeFileSync(path.join(runDir, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
       rows.push(sweepRow(sweep.variable, value, report as BenchReport, runDir));
     } catch (err) {
@@ -194,7 +206,7 @@ export function benchCommand(): Command {
     .option('--trace <file>', 'write every rank\'s compute/transfer/wait timeline (Perfetto / chrome://tracing JSON)')
     .option('--sweep <var=values>', 'one run per value: workers=1,2,4,8 or seq-len=16K,32K,64K; writes a JSON table and an SVG chart')
     .option('--seq-per-worker <size>', 'sequence length per worker (seq len = this x workers): weak scaling with --sweep workers')
-    .option('--out <dir>', 'folder for the report (default: the run directory) or the sweep\'s table and chart')
+    .option('--out <dir>', 'run directory of a single run (report, logs; default <runDir>/bench-<time>), or folder of a sweep\'s table, chart and runs')
     .option('--verbose', 'show the workers\' log lines')
     // Commander's own parse errors become UserErrors, reported once by the top-level handler.
     .configureOutput({ outputError: () => {} })

@@ -6,9 +6,10 @@ import { prepareAttn } from '../attention/attn-job.js';
 import { LAYOUTS, type Layout } from '../attention/layout.js';
 import { worldSize, type ClusterSpec } from '../config/index.js';
 import type { DoctorReport } from '../launch/doctor-job.js';
-import { runJob } from '../launch/launcher.js';
+import { runJob, runJobWithRestarts } from '../launch/launcher.js';
 import { machineFilePath } from '../plan/presets.js';
 import { intFlag, resolveSpec, ringOptions } from './common.js';
+import { benchCommand } from './bench.js';
 import { planCommand } from './plan.js';
 import { workerCommand } from './worker.js';
 
@@ -24,13 +25,20 @@ function trainCommand(): Command {
     .option('--resume', 'continue the run in --run-dir from its latest valid checkpoint')
     .option('--ranks <list>', 'show only these ranks\' log lines, e.g. 0,2')
     .option('--quiet', 'no worker log lines on the console')
-    .action(async (opts: { config?: string; backend?: string; kernel?: string; runDir?: string; resume?: boolean; ranks?: string; quiet?: boolean }) => {
+    .option('--max-restarts <k>', 'after a failure, restart the ring from the last valid checkpoint, up to k times', '0')
+    .action(async (opts: { config?: string; backend?: string; kernel?: string; runDir?: string; resume?: boolean; ranks?: string; quiet?: boolean; maxRestarts: string }) => {
       if (opts.resume && !opts.runDir) throw new UserError('--resume needs --run-dir: the run to continue');
+      const maxRestarts = intFlag(opts.maxRestarts, '--max-restarts', 0);
       const spec = resolveSpec(opts);
       process.stderr.write(`ringattn train: ${worldSize(spec)} worker(s) on ${spec.hosts.map((h) => `${h.name}x${h.slots}`).join(', ')}, ${spec.train.steps} steps of ${spec.train.seqLen} tokens\n`);
-      const { runDir, value } = await runJob(spec, { kind: 'train', args: { resume: !!opts.resume } }, { runDir: opts.runDir, quiet: opts.quiet, ranks: parseRanks(opts.ranks) });
+      const { runDir, value, restarts } = await runJobWithRestarts(
+        spec,
+        { kind: 'train', args: { resume: !!opts.resume } },
+        { runDir: opts.runDir, quiet: opts.quiet, ranks: parseRanks(opts.ranks), maxRestarts, restartArgs: (args) => ({ ...args, resume: true }) },
+      );
       const r = value as { finalLoss: number; steps: number };
-      process.stdout.write(`trained ${r.steps} steps, final loss ${r.finalLoss.toFixed(4)}; run directory ${runDir}\n`);
+      const again = restarts > 0 ? ` after ${restarts} restart${restarts === 1 ? '' : 's'}` : '';
+      process.stdout.write(`trained ${r.steps} steps${again}, final loss ${r.finalLoss.toFixed(4)}; run directory ${runDir}\n`);
     });
 }
 
@@ -128,7 +136,7 @@ export function buildProgram(): Command {
     .showHelpAfterError(false)
     .exitOverride();
   program.addCommand(trainCommand());
-  program.addCommand(benchPlaceholder());
+  program.addCommand(benchCommand());
   program.addCommand(planCommand());
   program.addCommand(attnCommand());
   program.addCommand(doctorCommand());
@@ -136,12 +144,6 @@ export function buildProgram(): Command {
   program.addCommand(workerCommand(), { hidden: true });
   for (const c of program.commands) c.exitOverride();
   return program;
-}
-
-function benchPlaceholder(): Command {
-  return new Command('bench').description('measure ring attention').action(() => {
-    throw new UserError('bench: not available in this build');
-  });
 }
 
 /** Runs the CLI; user mistakes print one line and exit non-zero, never a stack trace. */

@@ -50,7 +50,11 @@ export function isLoopback(address: string): boolean {
 const WILDCARD_ADDRESSES = new Set(['0.0.0.0', '::', '*']);
 
 const name = (what: string) =>
-  z.string().regex(NAME_RE, { error: `${what} may contain only letters, digits, "_", "." and "-"` });
+  z
+    .string()
+    .regex(NAME_RE, { error: `${what} may contain only letters, digits, "_", "." and "-"` })
+    // "." and ".." would name a directory other than the one meant, should a name become a path.
+    .refine((s) => !/^\.+$/.test(s), { error: `${what} must not be only dots` });
 
 const address = z
   .string()
@@ -213,19 +217,18 @@ const DataSchema = z
 const BenchSchema = z
   .strictObject({
     seqLen: sizeSchema.prefault('64K').describe('Sequence length of the attention benchmark (size).'),
-    heads: posInt().default(4).describe('Query heads.'),
-    kvHeads: posInt().optional().describe('Key/value heads; must divide heads. Default: heads.'),
-    headDim: posInt().default(64).describe('Head dimension.'),
+    heads: posInt().default(2).describe('Query heads (default sized so that 8M tokens fit two workers of a 24 GiB host).'),
+    kvHeads: posInt().default(1).describe('Key/value heads; must divide heads. Only KV heads travel the ring.'),
+    headDim: posInt().default(32).describe('Head dimension.'),
     backward: z.boolean().default(false).describe('Time the backward pass too.'),
     timeLimitS: posInt().default(300).describe('Stop after this many seconds.'),
     iterations: posInt().default(3).describe('Timed iterations (after one warm-up).'),
   })
   .superRefine((b, ctx) => {
-    if (b.kvHeads !== undefined && b.heads % b.kvHeads !== 0) {
+    if (b.heads % b.kvHeads !== 0) {
       ctx.addIssue({ code: 'custom', path: ['kvHeads'], message: `kvHeads ${b.kvHeads} does not divide heads ${b.heads}` });
     }
   })
-  .transform((b) => ({ ...b, kvHeads: b.kvHeads ?? b.heads }))
   .describe('`ringattn bench`: ring attention alone, without the model.');
 
 export const ClusterSpecSchema = z

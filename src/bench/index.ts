@@ -1,0 +1,23 @@
+export { benchJob } from './job.js';
+export { benchArgs, parseBenchArgs, checkParams, BENCH_SHAPE_DEFAULTS, DEFAULT_SEED, type BenchParams } from './params.js';
+export {
+  benchPlan,
+  memoryPlan,
+  ringBuffers,
+  hostFit,
+  checkHostFit,
+  checkMessageSize,
+  heartbeatTimeoutFor,
+  formatBytes,
+  HOST_MEMORY_FRACTION,
+  RUNTIME_ALLOWANCE_BYTES,
+  type BenchPlan,
+  type BufferItem,
+  type HostFit,
+} from './plan.js';
+export { buildReport, formatReport, formatPlan, formatSetup, type BenchReport, type Figure, type Figures, type Basis, type RankReport } from './report.js';
+export { calibrateKernel, estimateKernelMs, fillUnitUniform, type Calibration } from './calibrate.js';
+export { MeteredKernel } from './metered-kernel.js';
+export { parseSweep, sweepRow, formatSweep, renderSweepChart, writeSweep, type Sweep, type SweepRow, type SweepVariable } from './sweep.js';
+export { ringEntries, forwardFlopsPerEntry, backwardFlopsPerEntry, allowedEntriesSorted } from './work.js';
+export type { RankResult, RankSetup, IterationRaw, PhaseRaw } from './types.js';
