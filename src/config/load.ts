@@ -34,8 +34,27 @@ export function loadSpec(file: string): ClusterSpec {
   return spec;
 }
 
+/** A spec nests a few levels; thousands of `[` or `{` only exhaust the YAML parser. */
+const MAX_FLOW_DEPTH = 64;
+
+function checkFlowDepth(text: string, file: string): void {
+  let depth = 0;
+  let line = 1;
+  let col = 0;
+  for (const ch of text) {
+    col++;
+    if (ch === '\n') {
+      line++;
+      col = 0;
+    } else if (ch === '[' || ch === '{') {
+      if (++depth > MAX_FLOW_DEPTH) throw new UserError(`${file}:${line}:${col}: nested more than ${MAX_FLOW_DEPTH} levels deep`);
+    } else if ((ch === ']' || ch === '}') && depth > 0) depth--;
+  }
+}
+
 /** Parses and validates spec text; `file` only names the source in error messages. */
 export function parseSpec(text: string, file: string): ClusterSpec {
+  checkFlowDepth(text, file);
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
   const where = (offset: number) => {

@@ -1,6 +1,6 @@
 import * as zmq from 'zeromq';
 import type { Payload } from '../ring/frame.js';
-import type { CurveKeys } from '../ring/transport.js';
+import { guardServer, type CurveKeys } from '../ring/transport.js';
 import { decodeControl, encodeControl, MAX_CONTROL_BYTES, PROTOCOL_VERSION, type CoordinatorMessage, type PeerEntry, type WorkerMessage } from './protocol.js';
 
 /**
@@ -18,6 +18,8 @@ export interface CoordinatorOptions {
   heartbeatTimeoutMs: number;
   hostOf: (rank: number) => string;
   curve?: CurveKeys;
+  /** Keep retrying a bind that finds the port in use for this long (a restart right after a stop). */
+  bindRetryMs?: number;
 }
 
 export interface WorkerFailure {
@@ -40,6 +42,7 @@ export class Coordinator {
   private readonly done = new Set<number>();
   private onChange: () => void = () => undefined;
   private closed = false;
+  private releaseGuard: () => void = () => undefined;
   /** Called for every failure a worker reports, and for protocol violations. */
   onFailure: (f: WorkerFailure) => void = () => undefined;
 
@@ -60,7 +63,21 @@ export class Coordinator {
 
   static async start(opts: CoordinatorOptions): Promise<Coordinator> {
     const c = new Coordinator(opts);
-    await c.router.bind(opts.bind);
+    c.releaseGuard = await guardServer(c.router, opts.curve);
+    const until = Date.now() + (opts.bindRetryMs ?? 0);
+    for (;;) {
+      try {
+        await c.router.bind(opts.bind);
+        break;
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'EADDRINUSE' || Date.now() >= until) {
+          c.router.close();
+          c.releaseGuard();
+          throw err;
+        }
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
     void c.loop();
     return c;
   }
@@ -122,6 +139,7 @@ export class Coordinator {
   close(): void {
     this.closed = true;
     this.router.close();
+    this.releaseGuard();
     this.onChange();
   }
 

@@ -1,8 +1,8 @@
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { rankTable, resolvedSecurity, specHash, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
-import type { CurveKeys } from '../ring/transport.js';
+import { isCurveKeys, type CurveKeys } from '../ring/transport.js';
 import { Coordinator } from './coordinator.js';
 import { loadJob } from './jobs.js';
 import { driverContext, tcp } from './launcher.js';
@@ -26,6 +26,29 @@ function envInt(names: string[]): { value: number; from: string } | null {
   return null;
 }
 
+/** The job's key pair from a file only its owner can read (like ssh, a readable key is refused). */
+export function readKeyFile(file: string): CurveKeys {
+  let mode: number;
+  let text: string;
+  try {
+    mode = statSync(file).mode;
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new UserError(`RINGATTN_CURVE_KEY_FILE ${file}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  if (process.platform !== 'win32' && (mode & 0o077) !== 0) {
+    throw new UserError(`RINGATTN_CURVE_KEY_FILE ${file}: mode ${(mode & 0o777).toString(8)} lets other users read the job's keys; chmod 600 it`);
+  }
+  let keys: unknown;
+  try {
+    keys = JSON.parse(text);
+  } catch {
+    keys = null;
+  }
+  if (!isCurveKeys(keys)) throw new UserError(`RINGATTN_CURVE_KEY_FILE ${file}: expected JSON {"publicKey","secretKey"}, each 40 Z85 characters`);
+  return { publicKey: keys.publicKey, secretKey: keys.secretKey };
+}
+
 export const RANK_VARS = ['RINGATTN_RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK', 'PMI_RANK', 'RANK'];
 export const WORLD_VARS = ['RINGATTN_WORLD_SIZE', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'PMI_SIZE', 'WORLD_SIZE'];
 
@@ -41,7 +64,7 @@ export async function runExternalWorker(spec: ClusterSpec, configFile: string, k
   if (resolvedSecurity(spec) === 'curve') {
     const keyFile = process.env.RINGATTN_CURVE_KEY_FILE;
     if (!keyFile) throw new UserError('security is curve: scheduler mode needs RINGATTN_CURVE_KEY_FILE (a 0600 JSON file {"publicKey","secretKey"} shared by every rank)');
-    curve = JSON.parse(readFileSync(keyFile, 'utf8')) as CurveKeys;
+    curve = readKeyFile(keyFile);
   }
   const e = table[rank.value];
   const hash = specHash(spec);

@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 import type { ClusterSpec } from '../config/index.js';
 import type { Payload } from '../ring/frame.js';
 import type { Ring } from '../ring/transport.js';
+import type { FaultPoint } from './fault.js';
 import type { PeerEntry } from './protocol.js';
 
 /**
@@ -26,6 +27,8 @@ export interface WorkerContext {
   input(name: string): Promise<{ value: unknown; blobs: Payload[] }>;
   /** Sends a named result to the driver. */
   result(name: string, value: unknown, blobs?: Payload[]): Promise<void>;
+  /** The RINGATTN_FAULT testing hook when it names this rank (see fault.ts); jobs call it at their phases. */
+  fault?: FaultPoint;
 }
 
 /** What a driver sees in the coordinator. */

@@ -29,6 +29,19 @@ export interface LaunchOptions {
   ranks?: number[];
   /** Where console lines go; stderr by default, so results on stdout stay clean. */
   print?: (line: string) => void;
+  /** Attempt number (0 first, counting restarts), exported to workers as RINGATTN_ATTEMPT. */
+  attempt?: number;
+  /** CURVE keys for this job instead of fresh ones (tests, or a site that manages its own keys). */
+  curve?: CurveKeys;
+}
+
+export interface RestartOptions extends LaunchOptions {
+  /** Restarts after a failure (0 = fail at once). */
+  maxRestarts?: number;
+  /** The job's arguments for a restart, from the first attempt's (train: resume from the last checkpoint). */
+  restartArgs?: (args: Record<string, unknown>) => Record<string, unknown>;
+  /** Delay before restart k (1-based); default 2^(k-1) s, at most 30 s. */
+  backoffMs?: (k: number) => number;
 }
 
 export interface JobOutcome {
@@ -38,9 +51,15 @@ export interface JobOutcome {
 
 /** A job that failed on the ring: the message names the root cause. Exit code 1. */
 export class LaunchError extends UserError {
-  constructor(message: string) {
+  /** The root cause, when a rank (or the launcher, rank -1) was found to blame. */
+  readonly root?: WorkerFailure;
+  /** False when retrying cannot help (the user interrupted the job). */
+  readonly retryable: boolean;
+  constructor(message: string, info: { root?: WorkerFailure; retryable?: boolean } = {}) {
     super(message, 1);
     this.name = 'LaunchError';
+    this.root = info.root;
+    this.retryable = info.retryable ?? true;
   }
 }
 
@@ -76,10 +95,11 @@ function shellQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-function workerEnv(spec: ClusterSpec, e: RankEntry, host: HostSpec, world: number, coordinator: string): Record<string, string> {
+function workerEnv(spec: ClusterSpec, e: RankEntry, host: HostSpec, world: number, coordinator: string, attempt: number): Record<string, string> {
   const localWorld = host.slots;
   return {
     ...host.env,
+    RINGATTN_ATTEMPT: String(attempt),
     RINGATTN_RANK: String(e.rank),
     RINGATTN_WORLD_SIZE: String(world),
     RINGATTN_LOCAL_RANK: String(e.localRank),
@@ -138,18 +158,19 @@ function describeExit(code: number | null, signal: NodeJS.Signals | null): strin
 }
 
 /** Messages that are consequences of another rank's failure rather than causes. */
-const SECONDARY = /lost the link|lost the coordinator|timed out after|aborted by the launcher|ring closed|ring is closed/;
+const SECONDARY = /lost the link|lost the coordinator|timed out after|aborted by the launcher|ring closed|ring is closed|see its log/;
 
 export async function runJob(spec: ClusterSpec, job: { kind: string; args: Record<string, unknown> }, opts: LaunchOptions = {}): Promise<JobOutcome> {
   const jobDef = await loadJob(job.kind);
   const print = opts.print ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const runDir = path.resolve(opts.runDir ?? path.join(spec.runDir, `${job.kind}-${timestamp()}`));
+  const runDir = path.resolve(opts.runDir ?? defaultRunDir(spec, job.kind));
+  const attempt = opts.attempt ?? 0;
   mkdirSync(path.join(runDir, 'logs'), { recursive: true, mode: 0o700 });
   const table = rankTable(spec);
   const world = table.length;
   const hostByName = new Map(spec.hosts.map((h) => [h.name, h]));
   const jobId = randomBytes(8).toString('hex');
-  const curve: CurveKeys | undefined = resolvedSecurity(spec) === 'curve' ? (zmq.curveKeyPair() as CurveKeys) : undefined;
+  const curve: CurveKeys | undefined = resolvedSecurity(spec) === 'curve' ? (opts.curve ?? (zmq.curveKeyPair() as CurveKeys)) : undefined;
   const coordinatorEndpoint = tcp(coordinatorAddress(spec), spec.ring.basePort);
   const coordinator = await Coordinator.start({
     bind: coordinatorEndpoint,
@@ -160,6 +181,8 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
     heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs,
     hostOf: (r) => table[r].host,
     curve,
+    // The previous attempt's coordinator may still be releasing the port.
+    bindRetryMs: attempt > 0 ? 5000 : 0,
   }).catch((err: Error) => {
     throw new LaunchError(`cannot start the coordinator on ${coordinatorEndpoint}: ${err.message} (is ring.basePort ${spec.ring.basePort} free?)`);
   });
@@ -167,8 +190,16 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
   const failures: Array<WorkerFailure & { died: boolean }> = [];
   let failed: (() => void) | null = null;
   const failedP = new Promise<void>((resolve) => (failed = resolve));
+  let reported = false;
+  let stopping = false;
+  let succeeded = false;
   const noteFailure = (f: WorkerFailure & { died: boolean }) => {
+    if ((stopping || succeeded) && f.rank >= 0) return; // our own stop, or a consequence of it
     failures.push(f);
+    if (!reported) {
+      reported = true;
+      print(`[launcher] ${f.rank >= 0 ? `rank ${f.rank} (${f.host}) ` : ''}${f.message.replace(/^rank \d+: /, '')}: stopping the ring`);
+    }
     failed?.();
   };
   coordinator.onFailure = (f) => {
@@ -177,11 +208,10 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
     noteFailure({ ...f, died: false });
   };
 
-  let stopping = false;
   const logFiles: WriteStream[] = [];
   const procs: RankProcess[] = table.map((e) => {
     const host = hostByName.get(e.host)!;
-    const child = spawnRank(spec, e, host, workerEnv(spec, e, host, world, coordinatorEndpoint));
+    const child = spawnRank(spec, e, host, workerEnv(spec, e, host, world, coordinatorEndpoint, attempt));
     const proc: RankProcess = { entry: e, host, child, lastLines: [], exited: false, reported: false };
     const role: WorkerRole = {
       jobId,
@@ -199,7 +229,9 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
     // stdin stays open for the whole job: its closing is how a worker learns the launcher is gone.
     child.stdin!.on('error', () => undefined);
     child.stdin!.write(`${JSON.stringify(role)}\n`);
-    const file = createWriteStream(path.join(runDir, 'logs', `rank-${e.rank}.log`), { mode: 0o600 });
+    // Appended: a restart (or a --resume) keeps the log of the attempt that failed.
+    const file = createWriteStream(path.join(runDir, 'logs', `rank-${e.rank}.log`), { mode: 0o600, flags: 'a' });
+    if (attempt > 0) file.write(`${JSON.stringify({ level: 30, time: Date.now(), rank: e.rank, host: e.host, msg: `launcher: attempt ${attempt} (restart ${attempt}) begins` })}\n`);
     logFiles.push(file);
     const prefix = `[rank ${e.rank} ${e.host}]`;
     const show = !opts.quiet && (!opts.ranks || opts.ranks.includes(e.rank));
@@ -232,7 +264,11 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
     await coordinator.abort('another worker failed');
     for (const p of procs) p.child.stdin?.end();
     const alive = () => procs.filter((p) => !p.exited);
-    for (const p of alive()) p.child.kill('SIGTERM');
+    for (const p of alive()) {
+      p.child.kill('SIGTERM');
+      // A stopped (hung) worker acts on the SIGTERM only once continued.
+      p.child.kill('SIGCONT');
+    }
     await waitUntil(() => alive().length === 0, GRACE_MS);
     for (const p of alive()) p.child.kill('SIGKILL');
     await Promise.all(procs.filter((p) => resolvedLaunch(p.host) === 'ssh').map((p) => killRemote(p, coordinator.pids.get(p.entry.rank))));
@@ -261,6 +297,7 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
     work.catch(() => undefined);
     const outcome = await Promise.race([work.then((value) => ({ value })), failedP.then(() => null)]);
     if (outcome) {
+      succeeded = true;
       // Every rank reported done: give them a moment to exit on their own.
       await waitUntil(() => procs.every((p) => p.exited), 10000);
       for (const p of procs) p.child.stdin?.end();
@@ -274,7 +311,10 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
     const proc = procs[root.rank];
     const tail = proc?.lastLines.filter((l) => l.trim()).slice(-3).map((l) => formatLogLine(l, '   ')) ?? [];
     const where = root.rank >= 0 ? `rank ${root.rank} (${root.host}) ${root.message}` : root.message;
-    throw new LaunchError(`job ${job.kind} failed: ${where}${tail.length ? `\n  last log lines of rank ${root.rank}:\n${tail.join('\n')}` : ''}\n  logs: ${path.join(runDir, 'logs')}`);
+    throw new LaunchError(`job ${job.kind} failed: ${where}${tail.length ? `\n  last log lines of rank ${root.rank}:\n${tail.join('\n')}` : ''}\n  logs: ${path.join(runDir, 'logs')}`, {
+      root,
+      retryable: root.rank !== -1,
+    });
   } catch (err) {
     if (!(err instanceof LaunchError)) {
       await stopAll();
@@ -283,6 +323,41 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
     throw err;
   } finally {
     cleanup();
+  }
+}
+
+function defaultRunDir(spec: ClusterSpec, kind: string): string {
+  return path.join(spec.runDir, `${kind}-${timestamp()}`);
+}
+
+/**
+ * runJob, restarted after a failure up to `maxRestarts` times in the same run
+ * directory, with `restartArgs` applied to the job's arguments (train resumes
+ * from the last valid checkpoint). Workers see RINGATTN_ATTEMPT. An interrupted
+ * job (Ctrl-C) is not restarted; the last failure is what the user is told.
+ */
+export async function runJobWithRestarts(spec: ClusterSpec, job: { kind: string; args: Record<string, unknown> }, opts: RestartOptions = {}): Promise<JobOutcome & { restarts: number }> {
+  const maxRestarts = opts.maxRestarts ?? 0;
+  const print = opts.print ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const runDir = path.resolve(opts.runDir ?? defaultRunDir(spec, job.kind));
+  const backoff = opts.backoffMs ?? ((k: number) => Math.min(30000, 1000 * 2 ** (k - 1)));
+  for (let attempt = 0; ; attempt++) {
+    const args = attempt === 0 || !opts.restartArgs ? job.args : opts.restartArgs(job.args);
+    try {
+      const out = await runJob(spec, { kind: job.kind, args }, { ...opts, runDir, attempt });
+      return { ...out, restarts: attempt };
+    } catch (err) {
+      if (!(err instanceof LaunchError) || !err.retryable || attempt >= maxRestarts) {
+        if (err instanceof LaunchError && attempt > 0) {
+          throw new LaunchError(`${err.message}\n  (gave up after ${attempt} restart${attempt === 1 ? '' : 's'}; --max-restarts ${maxRestarts})`, err);
+        }
+        throw err;
+      }
+      const wait = backoff(attempt + 1);
+      print(`[launcher] ${err.message.split('\n')[0]}`);
+      print(`[launcher] restart ${attempt + 1} of ${maxRestarts} in ${(wait / 1000).toFixed(1)} s, in ${runDir}`);
+      await new Promise((r) => setTimeout(r, wait));
+    }
   }
 }
 

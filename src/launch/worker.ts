@@ -1,12 +1,14 @@
+import { rmSync } from 'node:fs';
 import { hostname } from 'node:os';
 import pino, { type Logger } from 'pino';
 import * as zmq from 'zeromq';
 import { specHash, type ClusterSpec } from '../config/index.js';
 import type { Payload } from '../ring/frame.js';
 import { Ring, type CurveKeys } from '../ring/transport.js';
+import { faultPointFromEnv } from './fault.js';
 import type { WorkerContext } from './job.js';
 import { loadJob } from './jobs.js';
-import { decodeControl, encodeControl, PROTOCOL_VERSION, type CoordinatorMessage, type PeerEntry } from './protocol.js';
+import { decodeControl, encodeControl, MAX_CONTROL_BYTES, PROTOCOL_VERSION, type CoordinatorMessage, type PeerEntry } from './protocol.js';
 
 /**
  * One worker process: joins the coordinator, opens its place in the ring, runs
@@ -88,7 +90,13 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
     }
   })().catch((err) => die(`coordinator link failed: ${(err as Error).message}`));
 
-  const send = (msg: object, blobs: Payload[] = []) => dealer.send(encodeControl({ ...msg, rank: role.rank }, blobs));
+  const send = async (msg: object, blobs: Payload[] = []) => {
+    const frames = encodeControl({ ...msg, rank: role.rank }, blobs);
+    // The coordinator would drop the connection without a word: say it here.
+    const big = frames.find((f) => f.byteLength > MAX_CONTROL_BYTES);
+    if (big) throw new Error(`a control message part of ${big.byteLength} bytes exceeds the coordinator's limit of ${MAX_CONTROL_BYTES} bytes`);
+    await dealer.send(frames);
+  };
   try {
     await send({ type: 'hello', host: role.host, endpoint: role.endpoint, protocol: PROTOCOL_VERSION, specHash: specHash(spec), pid: process.pid, node: process.version });
     const peers = await withTimeout(peersP, spec.ring.rendezvousTimeoutMs, `rank ${role.rank}: no peer table from the coordinator at ${role.coordinator}`);
@@ -96,13 +104,18 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
     const next = peers[(role.rank + 1) % n];
     const prev = peers[(role.rank + n - 1) % n];
     const binds = [bindEndpoint(role)];
+    const ipcBinds = prev.host === role.host && spec.ring.transport !== 'tcp' && n > 1 ? [ipcPath(role.jobId, role.rank)] : [];
+    // However this process ends (abort, lost launcher), its socket file goes with it.
+    process.once('exit', () => {
+      for (const ep of ipcBinds) rmSync(ep.slice('ipc://'.length), { force: true });
+    });
     const job = await loadJob(role.job.kind);
     ring = await Ring.open({
       rank: role.rank,
       worldSize: n,
       jobId: role.jobId,
       bind: binds[0],
-      extraBinds: prev.host === role.host && spec.ring.transport !== 'tcp' && n > 1 ? [ipcPath(role.jobId, role.rank)] : [],
+      extraBinds: ipcBinds,
       next: { ...next, endpoint: linkEndpoint(role, next) },
       prev,
       opTimeoutMs: spec.ring.opTimeoutMs,
@@ -133,6 +146,7 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
         return new Promise((resolve) => inputWaiters.set(name, [...(inputWaiters.get(name) ?? []), resolve]));
       },
       result: (name, value, blobs = []) => send({ type: 'result', name, value }, blobs),
+      fault: faultPointFromEnv(role.rank, log),
     };
     await job.worker(ctx);
     finishing = true;

@@ -1,5 +1,6 @@
+import { randomBytes } from 'node:crypto';
 import * as zmq from 'zeromq';
-import { decodeHeader, dtypeOf, encodeHeader, FrameError, payloadFromFrame, type Payload, type Tensor } from './frame.js';
+import { decodeHeader, dtypeOf, encodeHeader, FrameError, payloadFromFrame, type FrameHeader, type Payload, type Tensor } from './frame.js';
 
 /**
  * The ring's data plane for one worker: a PULL socket bound for the predecessor
@@ -45,6 +46,102 @@ export interface RingOptions {
   curve?: CurveKeys;
   /** Called once when the ring fails (peer lost, protocol error); the job should stop. */
   onFailure?: (err: Error) => void;
+}
+
+/**
+ * A ZAP (ZeroMQ RFC 27) handler for the sockets that accept connections (the
+ * coordinator's ROUTER, each rank's PULL):
+ * - with CURVE, a client must prove it holds the job's own key pair (every
+ *   member of a job uses the same one); CURVE alone would let in any client
+ *   that knows the server's public key;
+ * - without, it still matters that ZAP is on: libzmq then refuses peers that
+ *   speak the unversioned ZMTP 1.0 or 2.0, as which it would otherwise read any
+ *   raw TCP stream (an HTTP request, random bytes) as messages.
+ * One handler serves every such socket of the process, told apart by a ZAP
+ * domain; it lives while at least one guarded socket does.
+ */
+const ZAP_ENDPOINT = 'inproc://zeromq.zap.01';
+/** Domain -> the client key CURVE peers must present, or null for NULL security. */
+const zapDomains = new Map<string, Buffer | null>();
+let zapHandler: Promise<zmq.Router> | null = null;
+
+async function startZapHandler(): Promise<zmq.Router> {
+  const router = new zmq.Router({ linger: 0 });
+  await router.bind(ZAP_ENDPOINT);
+  void (async () => {
+    try {
+      for await (const frames of router) {
+        // [peer id, empty, version, request id, domain, address, identity, mechanism, credentials...]
+        const [id, empty, version, requestId, domain, , , mechanism, key] = frames;
+        const allowed = zapDomains.get(domain?.toString() ?? '');
+        const mech = mechanism?.toString();
+        const ok =
+          version?.toString() === '1.0' &&
+          allowed !== undefined &&
+          (allowed === null ? mech === 'NULL' : mech === 'CURVE' && key !== undefined && allowed.equals(key));
+        await router.send([id, empty ?? Buffer.alloc(0), '1.0', requestId ?? Buffer.alloc(0), ok ? '200' : '400', ok ? 'OK' : 'not a member of this job', '', '']);
+      }
+    } catch {
+      // closed
+    }
+  })();
+  return router;
+}
+
+/**
+ * Puts `socket` (not yet bound) under the ZAP handler: with `keys` (a CURVE
+ * server) it accepts only clients holding them; without, only ZMTP 3 peers.
+ * Returns the release to call when the socket closes.
+ */
+export async function guardServer(socket: zmq.Socket, keys?: CurveKeys): Promise<() => void> {
+  const domain = `ringattn-${randomBytes(8).toString('hex')}`;
+  socket.zapDomain = domain;
+  zapDomains.set(domain, keys ? z85Decode(keys.publicKey) : null);
+  zapHandler ??= startZapHandler();
+  try {
+    await zapHandler;
+  } catch (err) {
+    zapDomains.delete(domain);
+    zapHandler = null;
+    throw err;
+  }
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    zapDomains.delete(domain);
+    if (zapDomains.size === 0 && zapHandler) {
+      const h = zapHandler;
+      zapHandler = null;
+      void h.then((r) => r.close()).catch(() => undefined);
+    }
+  };
+}
+
+const Z85 = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#';
+
+/** Z85 (ZeroMQ RFC 32) text to bytes: each 5 characters are a big-endian base-85 number of 4 bytes. */
+export function z85Decode(text: string): Buffer {
+  if (text.length % 5 !== 0) throw new Error('a Z85 string has a multiple of 5 characters');
+  const out = Buffer.alloc((text.length / 5) * 4);
+  for (let i = 0; i < text.length; i += 5) {
+    let v = 0;
+    for (let j = 0; j < 5; j++) {
+      const d = Z85.indexOf(text[i + j]);
+      if (d < 0) throw new Error(`not a Z85 character: ${JSON.stringify(text[i + j])}`);
+      v = v * 85 + d;
+    }
+    if (v > 0xffffffff) throw new Error('Z85 group out of range');
+    out.writeUInt32BE(v, (i / 5) * 4);
+  }
+  return out;
+}
+
+/** A well-formed key pair: two 40-character Z85 strings (32 bytes each). */
+export function isCurveKeys(x: unknown): x is CurveKeys {
+  const k = x as Partial<CurveKeys> | null;
+  const ok = (s: unknown) => typeof s === 'string' && s.length === 40 && [...s].every((c) => Z85.includes(c));
+  return typeof k === 'object' && k !== null && ok(k.publicKey) && ok(k.secretKey);
 }
 
 export class RingError extends Error {
@@ -93,6 +190,7 @@ export class Ring {
   private closed = false;
   /** Set once our goodbye is sent: from then on the successor may leave at any moment. */
   private leaving = false;
+  private releaseGuard: () => void = () => undefined;
 
   private constructor(opts: RingOptions) {
     this.opts = opts;
@@ -121,6 +219,7 @@ export class Ring {
   static async open(opts: RingOptions): Promise<Ring> {
     const ring = new Ring(opts);
     try {
+      ring.releaseGuard = await guardServer(ring.pull, opts.curve);
       for (const ep of [opts.bind, ...(opts.extraBinds ?? [])]) await ring.pull.bind(ep);
       ring.push.connect(opts.next.endpoint);
       ring.watchLinks();
@@ -133,6 +232,7 @@ export class Ring {
       ring.failWaiters(err as Error);
       ring.push.close();
       ring.pull.close();
+      ring.releaseGuard();
       throw err;
     }
   }
@@ -141,6 +241,12 @@ export class Ring {
   send(tag: string, items: Sendable[]): Promise<void> {
     this.throwIfFailed();
     const tensors = items.map(asTensor);
+    for (const t of tensors) {
+      // The receiver would drop the connection without a word: say it here.
+      if (t.data.byteLength > this.opts.maxMessageBytes) {
+        throw new RingError(`rank ${this.rank}: a "${tag}" payload of ${t.data.byteLength} bytes exceeds ring.maxMessageBytes (${this.opts.maxMessageBytes}); raise it in the spec`);
+      }
+    }
     const seq = this.sendSeq++;
     const header = encodeHeader({
       jobId: this.opts.jobId,
@@ -223,6 +329,7 @@ export class Ring {
     this.failWaiters(new RingError(`rank ${this.rank}: ring closed`));
     this.push.close();
     this.pull.close();
+    this.releaseGuard();
   }
 
   get failed(): Error | null {
@@ -247,16 +354,24 @@ export class Ring {
         this.deliver(frames);
       } catch (err) {
         const why = err instanceof FrameError ? err.message : String(err);
-        this.fail(new RingError(`rank ${this.rank}: bad message from rank ${this.prev.rank} (${this.prev.host}): ${why}`));
+        const stranger = err instanceof FrameError && (err as FrameError & { foreign?: boolean }).foreign;
+        const hint = stranger ? ` (not from this job's ring: another process is connected to rank ${this.rank}'s ring port)` : '';
+        this.fail(new RingError(`rank ${this.rank}: bad message from rank ${this.prev.rank} (${this.prev.host}): ${why}${hint}`));
         return;
       }
     }
   }
 
   private deliver(frames: Buffer[]): void {
-    const h = decodeHeader(frames[0]);
-    if (h.jobId !== this.opts.jobId) throw new FrameError(`message of job ${h.jobId}, this job is ${this.opts.jobId}`);
-    if (h.srcRank !== this.prev.rank) throw new FrameError(`message claims to come from rank ${h.srcRank}`);
+    const foreign = (e: FrameError) => Object.assign(e, { foreign: true });
+    let h: FrameHeader;
+    try {
+      h = decodeHeader(frames[0]);
+    } catch (e) {
+      throw e instanceof FrameError && /bad magic/.test(e.message) ? foreign(e) : e;
+    }
+    if (h.jobId !== this.opts.jobId) throw foreign(new FrameError(`message of job ${h.jobId}, this job is ${this.opts.jobId}`));
+    if (h.srcRank !== this.prev.rank) throw foreign(new FrameError(`message claims to come from rank ${h.srcRank}`));
     if (h.seq !== this.recvSeq >>> 0) throw new FrameError(`sequence number ${h.seq}, expected ${this.recvSeq >>> 0} (a message was lost or reordered)`);
     if (frames.length !== h.tensors.length + 1) throw new FrameError(`${frames.length - 1} payload frames, header lists ${h.tensors.length}`);
     this.recvSeq++;

@@ -50,6 +50,7 @@ class HeaderSyntaxError extends Error {}
 /** A recursive-descent parser for the Python literal subset .npy headers use. */
 class PyLiteralParser {
   private i = 0;
+  private depth = 0;
   constructor(private readonly s: string) {}
 
   parseAll(): PyValue {
@@ -111,13 +112,20 @@ class PyLiteralParser {
     return n;
   }
 
+  private nest(): void {
+    // A real header nests two deep; a hostile one must not reach the stack limit.
+    if (++this.depth > 32) this.fail('nested too deeply');
+  }
+
   private sequence(open: string, close: string): PyValue[] {
+    this.nest();
     this.i++; // open
     const items: PyValue[] = [];
     for (;;) {
       this.ws();
       if (this.s[this.i] === close) {
         this.i++;
+        this.depth--;
         return items;
       }
       items.push(this.value());
@@ -128,12 +136,14 @@ class PyLiteralParser {
   }
 
   private dict(): PyDict {
+    this.nest();
     this.i++; // {
     const out: PyDict = {};
     for (;;) {
       this.ws();
       if (this.s[this.i] === '}') {
         this.i++;
+        this.depth--;
         return out;
       }
       const c = this.s[this.i];
@@ -212,7 +222,7 @@ export function parseNpy(buf: Uint8Array, file: string): NpyArray {
 
   const descr = dict.descr;
   if (typeof descr !== 'string') bad('unsupported dtype: structured arrays are not supported');
-  const d = descr as string;
+  const d = JSON.stringify(descr).slice(1, -1); // one line, whatever the file holds
   const known = DESCR_TO_DTYPE[d];
   if (!known) {
     if (/^>[a-zA-Z]\d+$/.test(d) && d !== '>i1' && d !== '>u1') {

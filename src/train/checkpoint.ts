@@ -137,6 +137,8 @@ export function listCheckpoints(dir: string): { step: number; path: string }[] {
 export interface SaveOptions {
   /** Checkpoints kept after this one is written (older ones are deleted); 0 = keep all. */
   keep?: number;
+  /** Testing hook: called once the first file is on disk and before the checkpoint is published. */
+  afterFirstFile?: () => void;
 }
 
 /**
@@ -168,6 +170,7 @@ export function saveCheckpoint(dir: string, data: CheckpointData, opts: SaveOpti
     const buf = bytesOf(arr);
     writeFileDurable(join(tmp, file), buf);
     files[file] = { sha256: sha256(buf), bytes: buf.length, dtype: 'float32', length: arr.length };
+    if (file === FILES.params) opts.afterFirstFile?.();
   }
   const body: ManifestBody = {
     format: CHECKPOINT_FORMAT,

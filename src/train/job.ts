@@ -55,6 +55,7 @@ export const trainJob: JobDefinition = {
         else ctx.log.info(fields, msg);
       },
       progress: false,
+      fault: ctx.fault,
       onStep: ctx.rank === 0 ? (m) => void ctx.result('step', m) : undefined,
     });
     if (ctx.rank === 0) await ctx.result('final', result);

@@ -46,6 +46,11 @@ export interface TrainOptions {
   keepCheckpoints?: number;
   /** Steps between rewrites of the loss chart (default 10; also at every eval and at the end). */
   chartEvery?: number;
+  /**
+   * Testing hook (RINGATTN_FAULT, src/launch/fault.ts): called with the phase and
+   * the 1-based update it belongs to, at the points where a fault is injected.
+   */
+  fault?: (phase: 'forward' | 'backward' | 'allreduce' | 'checkpoint', step: number) => void;
 }
 
 export interface TrainResult {
@@ -166,6 +171,20 @@ async function resumeFromCheckpoint(
   return { step, dataSeed: decodeInt(h, 5), lastLoss: h[9] };
 }
 
+/** The attention op with the fault hook called on entry to its forward and backward passes. */
+function withFaultPoints(op: AttentionOp, fault: NonNullable<TrainOptions['fault']>, step: () => number): AttentionOp {
+  return {
+    forward: (q, k, v) => {
+      fault('forward', step());
+      return op.forward(q, k, v);
+    },
+    backward: (saved, dO) => {
+      fault('backward', step());
+      return op.backward(saved, dO);
+    },
+  };
+}
+
 function delta(a: { computeMs: number; commMs: number; waitMs: number }, b: typeof a): typeof a {
   return { computeMs: b.computeMs - a.computeMs, commMs: b.commMs - a.commMs, waitMs: b.waitMs - a.waitMs };
 }
@@ -217,7 +236,8 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
     opts.log('attention.causal is false: every token sees its own target, so the next-token loss is meaningless', { warning: true });
   }
   const positions = shardPositions(layout, t.seqLen, worldSize, rank);
-  const attn = ring.attention(positions);
+  let faultStep = 0;
+  const attn = opts.fault ? withFaultPoints(ring.attention(positions), opts.fault, () => faultStep) : ring.attention(positions);
   const data = createDataSource(spec.data, t.seqLen, cfg.vocabSize, { cwd: opts.dataCwd, corpus: opts.corpus });
 
   const params = initParams(cfg, t.seed);
@@ -267,7 +287,7 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
     const path = saveCheckpoint(
       opts.runDir,
       { step, params, opt, dataState, spec, extra: { loss, worldSize, layout } },
-      { keep: opts.keepCheckpoints },
+      { keep: opts.keepCheckpoints, ...(opts.fault ? { afterFirstFile: () => opts.fault!('checkpoint', step) } : {}) },
     );
     opts.log(`checkpoint ${path}`, { step, checkpoint: path });
   };
@@ -276,6 +296,7 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
   try {
     while (step < t.steps) {
       const s = step; // 0-based index of this update
+      faultStep = s + 1;
       const t0 = performance.now();
       const ring0 = ring.timings();
       const lr = learningRate(s, t);
@@ -302,7 +323,9 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
       buf[P] = lossSum * scale;
       buf[P + 1] = opts.signal?.aborted ? 1 : 0;
       const ta = performance.now();
-      const red = await ring.allReduceSum(buf);
+      const reducing = ring.allReduceSum(buf);
+      opts.fault?.('allreduce', s + 1);
+      const red = await reducing;
       const allReduceMs = performance.now() - ta;
       const loss = red[P];
       const stop = red[P + 1] > 0;
