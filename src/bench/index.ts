@@ -7,7 +7,6 @@ export {
   hostFit,
   checkHostFit,
   checkMessageSize,
-  heartbeatTimeoutFor,
   formatBytes,
   HOST_MEMORY_FRACTION,
   RUNTIME_ALLOWANCE_BYTES,

@@ -144,19 +144,6 @@ export function checkMessageSize(plan: Pick<BenchPlan, 'shardLen' | 'frameBytes'
   }
 }
 
-/**
- * ZeroMQ answers a heartbeat only between frames, so a PING can wait behind a
- * whole KV block (k and v), and with --backward a dK/dV block queued after it.
- * 1 GiB KV blocks crossed a loaded loopback link at ~170 MB/s here; the
- * heartbeat timeout must survive a link three times slower than that.
- */
-export const SLOW_LINK_BYTES_PER_S = 50e6;
-
-/** The ring.heartbeatTimeoutMs a run needs so that its own blocks never look like a dead peer. */
-export function heartbeatTimeoutFor(plan: Pick<BenchPlan, 'bytesPerHop'>): number {
-  return Math.ceil(((2 * plan.bytesPerHop) / SLOW_LINK_BYTES_PER_S) * 1000);
-}
-
 export interface HostFit {
   host: string;
   workers: number;

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { defaultLayout, LAYOUTS, type Layout } from '../attention/layout.js';
 import { calibrateKernel, type Calibration } from '../bench/calibrate.js';
 import { benchArgs, BENCH_SHAPE_DEFAULTS, checkParams, DEFAULT_SEED, type BenchParams } from '../bench/params.js';
-import { benchPlan, checkHostFit, checkMessageSize, formatBytes, heartbeatTimeoutFor, hostFit, memoryPlan, type BenchPlan, type HostFit } from '../bench/plan.js';
+import { benchPlan, checkHostFit, checkMessageSize, formatBytes, hostFit, memoryPlan, type BenchPlan, type HostFit } from '../bench/plan.js';
 import { formatPlan, type BenchReport } from '../bench/report.js';
 import { formatSweep, parseSweep, sweepRow, writeSweep, type SweepRow } from '../bench/sweep.js';
 import { formatSize, parseSize, resolvedLaunch, specFromObject, worldSize, type ClusterSpec } from '../config/index.js';
@@ -19,6 +19,8 @@ interface BenchOptions {
   seqLen?: string;
   config?: string;
   workers?: string;
+  backend?: string;
+  kernel?: string;
   heads?: string;
   kvHeads?: string;
   headDim?: string;
@@ -95,20 +97,6 @@ function precheck(spec: ClusterSpec, p: BenchParams): HostFit[] {
   return fits;
 }
 
-/**
- * The spec the job runs with: ring.heartbeatTimeoutMs raised (never lowered) so
- * that a heartbeat queued behind a large KV block does not drop the link.
- */
-function jobSpec(spec: ClusterSpec, plan: BenchPlan, out: (line: string) => void): ClusterSpec {
-  const need = heartbeatTimeoutFor(plan);
-  if (plan.workers < 2 || need <= spec.ring.heartbeatTimeoutMs) return spec;
-  out(
-    `  heartbeat   ring.heartbeatTimeoutMs raised from ${spec.ring.heartbeatTimeoutMs} to ${need} for this run: ` +
-      `a heartbeat can wait behind a ${formatBytes(plan.bytesPerHop)} KV block`,
-  );
-  return specFromObject({ ...spec, ring: { ...spec.ring, heartbeatTimeoutMs: need } }, `${spec.name} (bench)`);
-}
-
 /** The kernel the workers will load, timed on tiles of the run's shape on this machine. */
 async function calibrateHere(spec: ClusterSpec, p: BenchParams, shardLen: number): Promise<{ kernel: string; calibration: Calibration }> {
   const { tileQ, tileKV } = spec.attention;
@@ -123,13 +111,13 @@ function stamp(): string {
 }
 
 async function runOne(o: BenchOptions, out: (line: string) => void): Promise<void> {
-  const spec = resolveSpec({ config: o.config, workers: o.workers });
+  const spec = resolveSpec({ config: o.config, workers: o.workers, backend: o.backend, kernel: o.kernel });
   const p = resolveParams(spec, o);
   const fits = precheck(spec, p);
   const plan = benchPlan(p);
   const { kernel, calibration } = await calibrateHere(spec, p, plan.shardLen);
   for (const line of formatPlan(p, plan, { kernel, calibration, fits, maxMessageBytes: spec.ring.maxMessageBytes, timeLimitS: p.timeLimitS }).split('\n')) out(line);
-  const { runDir, value } = await runJob(jobSpec(spec, plan, out), { kind: 'bench', args: benchArgs(p) }, { quiet: !o.verbose, print: out, runDir: o.out ? path.resolve(o.out) : undefined });
+  const { runDir, value } = await runJob(spec, { kind: 'bench', args: benchArgs(p) }, { quiet: !o.verbose, print: out, runDir: o.out ? path.resolve(o.out) : undefined });
   const report = value as BenchReport;
   const file = path.join(runDir, REPORT_FILE);
   writeFileSync(file, JSON.stringify(report, null, 2) + '\n');
@@ -145,7 +133,7 @@ async function runSweep(o: BenchOptions, out: (line: string) => void): Promise<v
   } else if (o.seqLen !== undefined || o.seqPerWorker !== undefined) {
     throw new UserError('--sweep seq-len sets the sequence length; drop --seq-len and --seq-per-worker');
   }
-  const specOf = (value: number) => (sweep.variable === 'workers' ? resolveSpec({ workers: value }) : resolveSpec({ config: o.config, workers: o.workers }));
+  const specOf = (value: number) => resolveSpec({ config: sweep.variable === 'workers' ? undefined : o.config, workers: sweep.variable === 'workers' ? value : o.workers, backend: o.backend, kernel: o.kernel });
   const first = specOf(sweep.values[0]);
   const outDir = path.resolve(o.out ?? path.join(first.runDir, `bench-sweep-${stamp()}`));
   mkdirSync(outDir, { recursive: true });
@@ -161,7 +149,7 @@ async function runSweep(o: BenchOptions, out: (line: string) => void): Promise<v
       cal ??= await calibrateHere(spec, p, plan.shardLen);
       out(`--- ${label}`);
       for (const line of formatPlan(p, plan, { ...cal, fits, maxMessageBytes: spec.ring.maxMessageBytes, timeLimitS: p.timeLimitS }).split('\n')) out(line);
-      const { runDir, value: report } = await runJob(jobSpec(spec, plan, out), { kind: 'bench', args: benchArgs(p) }, { quiet: !o.verbose, print: out, runDir: path.join(outDir, label) });
+      const { runDir, value: report } = await runJob(spec, { kind: 'bench', args: benchArgs(p) }, { quiet: !o.verbose, print: out, runDir: path.join(outDir, label) });
       writeFileSync(path.join(runDir, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
       rows.push(sweepRow(sweep.variable, value, report as BenchReport, runDir));
     } catch (err) {
@@ -189,6 +177,8 @@ export function benchCommand(): Command {
     .option('--seq-len <size>', 'total sequence length (K/M are powers of two: 8M = 8388608; default: the spec\'s bench.seqLen)')
     .option('--config <file>', 'cluster spec (YAML; default: the localhost ring)')
     .option('--workers <n>', 'ring of N local workers (instead of --config)')
+    .option('--backend <name>', 'tfjs backend: auto, tensorflow-gpu, tensorflow, wasm, cpu (overrides the spec)')
+    .option('--kernel <name>', 'attention kernel: auto, native, tfjs, reference (overrides the spec)')
     .option('--heads <n>', `query heads (default: bench.heads, ${BENCH_SHAPE_DEFAULTS.heads} for the default spec)`)
     .option('--kv-heads <n>', `key/value heads, dividing --heads (default: bench.kvHeads, ${BENCH_SHAPE_DEFAULTS.kvHeads} for the default spec)`)
     .option('--head-dim <n>', `head dimension (default: bench.headDim, ${BENCH_SHAPE_DEFAULTS.headDim} for the default spec)`)

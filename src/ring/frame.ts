@@ -3,12 +3,17 @@
  * The header is a fixed little-endian binary record, so a foreign or damaged
  * message is recognised before any payload is trusted:
  *
- *   0  magic "RING"      4  version u8   5  payload count u8   6  tag length u8   7  reserved
+ *   0  magic "RING"      4  version u8   5  payload count u8   6  tag length u8   7  part u8
  *   8  job id (8 bytes)  16 sequence u32  20 source rank u32   24 tag (24 bytes, ASCII)
  *   48 per payload, 24 bytes: dtype u8, rank of shape u8, reserved u16, dims 4 x u32
  *
  * The byte length of each payload follows from dtype and shape and must equal
  * the frame's actual length.
+ *
+ * Part: 0 = a whole message (header + payload frames); 1 = the head of a large
+ * message whose payloads follow as raw byte chunks; 2 = one such chunk (one
+ * frame, no descriptors). Chunking keeps every frame small, so ZeroMQ's
+ * heartbeats, which travel between frames, are never stuck behind a 1 GiB one.
  */
 
 export type Payload = Float32Array | Int32Array | Uint8Array | Float64Array;
@@ -19,8 +24,12 @@ export interface Tensor {
   shape: number[];
 }
 
+export type FramePart = 'whole' | 'head' | 'chunk';
+const PARTS: FramePart[] = ['whole', 'head', 'chunk'];
+
 export interface FrameHeader {
   jobId: string; // 16 hex digits
+  part?: FramePart;
   seq: number;
   srcRank: number;
   tag: string;
@@ -61,6 +70,7 @@ export function encodeHeader(h: FrameHeader): Buffer {
   buf.writeUInt8(FRAME_VERSION, 4);
   buf.writeUInt8(h.tensors.length, 5);
   buf.writeUInt8(h.tag.length, 6);
+  buf.writeUInt8(PARTS.indexOf(h.part ?? 'whole'), 7);
   buf.write(h.jobId, 8, 8, 'hex');
   buf.writeUInt32LE(h.seq >>> 0, 16);
   buf.writeUInt32LE(h.srcRank, 20);
@@ -81,6 +91,8 @@ export function decodeHeader(buf: Buffer): FrameHeader {
   if (version !== FRAME_VERSION) throw new FrameError(`protocol version ${version}, expected ${FRAME_VERSION}`);
   const n = buf.readUInt8(5);
   const tagLen = buf.readUInt8(6);
+  const part = PARTS[buf.readUInt8(7)];
+  if (!part) throw new FrameError('malformed message header (unknown part)');
   if (n > MAX_TENSORS || tagLen > TAG_BYTES || buf.length !== FIXED + PER_TENSOR * n) {
     throw new FrameError('malformed message header');
   }
@@ -96,6 +108,7 @@ export function decodeHeader(buf: Buffer): FrameHeader {
   }
   return {
     jobId: buf.toString('hex', 8, 16),
+    part,
     seq: buf.readUInt32LE(16),
     srcRank: buf.readUInt32LE(20),
     tag: buf.toString('ascii', 24, 24 + tagLen),

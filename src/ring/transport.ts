@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import * as zmq from 'zeromq';
-import { decodeHeader, dtypeOf, encodeHeader, FrameError, payloadFromFrame, type FrameHeader, type Payload, type Tensor } from './frame.js';
+import { byteLengthOf, decodeHeader, dtypeOf, encodeHeader, FrameError, payloadFromFrame, type DType, type FrameHeader, type FramePart, type Payload, type Tensor } from './frame.js';
 
 /**
  * The ring's data plane for one worker: a PULL socket bound for the predecessor
@@ -67,7 +67,16 @@ let zapHandler: Promise<zmq.Router> | null = null;
 
 async function startZapHandler(): Promise<zmq.Router> {
   const router = new zmq.Router({ linger: 0 });
-  await router.bind(ZAP_ENDPOINT);
+  // A handler just released may still hold the endpoint while its close completes.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      await router.bind(ZAP_ENDPOINT);
+      break;
+    } catch (err) {
+      if ((err as { code?: string }).code !== 'EADDRINUSE' || attempt >= 200) throw err;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
   void (async () => {
     try {
       for await (const frames of router) {
@@ -185,6 +194,8 @@ export class Ring {
   private sendSeq = 0;
   private recvSeq = 0;
   private readonly inbox = new Map<string, Message[]>();
+  /** A chunked message being received: its buffers and how far they are filled. */
+  private assembly: { tag: string; tensors: Tensor[]; index: number; offset: number } | null = null;
   private readonly waiters = new Map<string, Waiter[]>();
   private failure: Error | null = null;
   private closed = false;
@@ -204,7 +215,8 @@ export class Ring {
       heartbeatTimeout: opts.heartbeatTimeoutMs,
       heartbeatTimeToLive: opts.heartbeatTimeoutMs,
     };
-    this.pull = new zmq.Pull({ ...common, maxMessageSize: opts.maxMessageBytes, receiveHighWaterMark: 0 });
+    // Large messages arrive in chunks, so no legitimate frame exceeds a chunk.
+    this.pull = new zmq.Pull({ ...common, maxMessageSize: CHUNK_BYTES + 65536, receiveHighWaterMark: 0 });
     this.push = new zmq.Push({ ...common, sendHighWaterMark: 0, connectTimeout: opts.connectTimeoutMs });
     if (opts.curve) {
       this.pull.curveServer = true;
@@ -247,19 +259,19 @@ export class Ring {
         throw new RingError(`rank ${this.rank}: a "${tag}" payload of ${t.data.byteLength} bytes exceeds ring.maxMessageBytes (${this.opts.maxMessageBytes}); raise it in the spec`);
       }
     }
-    const seq = this.sendSeq++;
-    const header = encodeHeader({
-      jobId: this.opts.jobId,
-      seq,
-      srcRank: this.rank,
-      tag,
-      tensors: tensors.map((t) => ({ dtype: dtypeOf(t.data), shape: t.shape })),
-    });
-    const frames = [header, ...tensors.map((t) => t.data)];
     const bytes = tensors.reduce((a, t) => a + t.data.byteLength, 0);
+    const header = (part: FramePart, described: Tensor[]) =>
+      encodeHeader({ jobId: this.opts.jobId, part, seq: this.sendSeq++, srcRank: this.rank, tag, tensors: described.map((t) => ({ dtype: dtypeOf(t.data), shape: t.shape })) });
+    // Sequence numbers are taken now, in call order; the frames go out in the same order.
+    const messages: Array<Array<Buffer | Payload>> =
+      bytes <= CHUNK_BYTES
+        ? [[header('whole', tensors), ...tensors.map((t) => t.data)]]
+        : [[header('head', tensors)], ...chunksOf(tensors).map((c) => [header('chunk', []), c])];
     const done = this.sendChain.then(async () => {
-      this.throwIfFailed();
-      await this.push.send(frames);
+      for (const frames of messages) {
+        this.throwIfFailed();
+        await this.push.send(frames);
+      }
       this.stats.messagesSent++;
       this.stats.bytesSent += bytes;
     });
@@ -373,22 +385,68 @@ export class Ring {
     if (h.jobId !== this.opts.jobId) throw foreign(new FrameError(`message of job ${h.jobId}, this job is ${this.opts.jobId}`));
     if (h.srcRank !== this.prev.rank) throw foreign(new FrameError(`message claims to come from rank ${h.srcRank}`));
     if (h.seq !== this.recvSeq >>> 0) throw new FrameError(`sequence number ${h.seq}, expected ${this.recvSeq >>> 0} (a message was lost or reordered)`);
-    if (frames.length !== h.tensors.length + 1) throw new FrameError(`${frames.length - 1} payload frames, header lists ${h.tensors.length}`);
     this.recvSeq++;
-    const tensors = h.tensors.map((d, i) => ({ data: payloadFromFrame(frames[i + 1], d.dtype, d.shape), shape: d.shape }));
+    const tensors = this.assemble(h, frames);
+    if (!tensors) return;
     this.stats.messagesReceived++;
     this.stats.bytesReceived += tensors.reduce((a, t) => a + t.data.byteLength, 0);
     const message = { tensors, arrivedAt: performance.now() };
-    const waiting = this.waiters.get(h.tag);
+    this.file(h.tag, message);
+  }
+
+  /**
+   * The tensors of a whole message, or of a chunked one once its last chunk is
+   * in (null before that). A chunked message's buffers are allocated from its
+   * head, bounded by ring.maxMessageBytes, and filled chunk by chunk.
+   */
+  private assemble(h: FrameHeader, frames: Buffer[]): Tensor[] | null {
+    const a = this.assembly;
+    if (h.part === 'chunk') {
+      if (!a || a.tag !== h.tag || frames.length !== 2) throw new FrameError(`unexpected chunk of "${h.tag}"`);
+      const chunk = frames[1];
+      let offset = 0;
+      while (offset < chunk.length) {
+        const t = a.tensors[a.index];
+        if (!t) throw new FrameError(`chunks of "${h.tag}" overrun the sizes its head declared`);
+        const dst = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+        const n = Math.min(chunk.length - offset, dst.length - a.offset);
+        dst.set(chunk.subarray(offset, offset + n), a.offset);
+        offset += n;
+        a.offset += n;
+        if (a.offset === dst.length) {
+          a.index++;
+          a.offset = 0;
+        }
+      }
+      while (a.index < a.tensors.length && a.tensors[a.index].data.byteLength === 0) a.index++;
+      if (a.index < a.tensors.length) return null;
+      this.assembly = null;
+      return a.tensors;
+    }
+    if (a) throw new FrameError(`"${h.tag}" arrived in the middle of chunked "${a.tag}"`);
+    if (h.part === 'head') {
+      if (frames.length !== 1) throw new FrameError('a chunked head with payload frames');
+      const total = h.tensors.reduce((s, d) => s + byteLengthOf(d.dtype, d.shape), 0);
+      if (total > this.opts.maxMessageBytes) throw new FrameError(`a "${h.tag}" message of ${total} bytes exceeds ring.maxMessageBytes (${this.opts.maxMessageBytes})`);
+      this.assembly = { tag: h.tag, tensors: h.tensors.map((d) => ({ data: allocate(d.dtype, d.shape), shape: d.shape })), index: 0, offset: 0 };
+      return null;
+    }
+    if (frames.length !== h.tensors.length + 1) throw new FrameError(`${frames.length - 1} payload frames, header lists ${h.tensors.length}`);
+    return h.tensors.map((d, i) => ({ data: payloadFromFrame(frames[i + 1], d.dtype, d.shape), shape: d.shape }));
+  }
+
+  /** Hands a message to the oldest waiter for its tag, or queues it. */
+  private file(tag: string, message: Message): void {
+    const waiting = this.waiters.get(tag);
     if (waiting && waiting.length > 0) {
       const w = waiting.shift()!;
       clearTimeout(w.timer);
       w.resolve(message);
       return;
     }
-    const list = this.inbox.get(h.tag) ?? [];
+    const list = this.inbox.get(tag) ?? [];
     list.push(message);
-    this.inbox.set(h.tag, list);
+    this.inbox.set(tag, list);
   }
 
   /** The successor link dropping (peer killed, or silent past the heartbeat timeout) fails the ring, naming the peer. */
@@ -425,6 +483,33 @@ export class Ring {
     if (!list) return;
     const i = list.indexOf(w);
     if (i >= 0) list.splice(i, 1);
+  }
+}
+
+/** Payload bytes per chunk of a large message. */
+export const CHUNK_BYTES = 4 << 20;
+
+/** Zero-copy byte views of the tensors' payloads, cut into chunks of at most CHUNK_BYTES. */
+function chunksOf(tensors: Tensor[]): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const t of tensors) {
+    const bytes = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+    for (let o = 0; o < bytes.length; o += CHUNK_BYTES) out.push(bytes.subarray(o, Math.min(bytes.length, o + CHUNK_BYTES)));
+  }
+  return out;
+}
+
+function allocate(dtype: DType, shape: number[]): Payload {
+  const n = shape.reduce((a, b) => a * b, 1);
+  switch (dtype) {
+    case 'float32':
+      return new Float32Array(n);
+    case 'int32':
+      return new Int32Array(n);
+    case 'float64':
+      return new Float64Array(n);
+    default:
+      return new Uint8Array(n);
   }
 }
 
