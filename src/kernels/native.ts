@@ -22,25 +22,12 @@ import type {
 const ADDON_PATH = fileURLToPath(new URL('../../build/Release/ringattn_native.node', import.meta.url));
 const STATUS_PATH = fileURLToPath(new URL('../../build/native-status.json', import.meta.url));
 
-interface NativeCall {
-  qLen: number;
-  kvLen: number;
-  heads: number;
-  kvHeads: number;
-  headDim: number;
-  causal: boolean;
-  scale: number;
+/** What the addon takes: the block itself plus how to compute it. */
+interface NativeCall extends BlockArgs {
   tileQ: number;
   tileKV: number;
   threads: number;
   isa?: string;
-  q: Float32Array;
-  k: Float32Array;
-  v: Float32Array;
-  qPos: Int32Array;
-  kvPos: Int32Array;
-  qSeg?: Int32Array;
-  kvSeg?: Int32Array;
 }
 
 interface NativeAddon {
