@@ -68,8 +68,10 @@ export const trainJob: JobDefinition = {
       return r.value as { finalLoss: number; steps: number };
     });
     // Steps arrive until the final result; each one redraws the progress line.
+    // One reaction on `final` for the whole run, not one per step.
+    const ended = final.then(() => null);
     while (!finished) {
-      const next = await Promise.race([ctx.result(0, 'step'), final.then(() => null)]);
+      const next = await Promise.race([ctx.result(0, 'step'), ended]);
       if (!next) break;
       const m = next.value as StepMetrics;
       progress.update({ step: m.step, loss: m.loss, evalLoss: m.evalLoss, tokensPerSec: m.tokensPerSec, lr: m.lr });
