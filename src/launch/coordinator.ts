@@ -197,6 +197,7 @@ export class Coordinator {
       }
     } else if (msg.type === 'done') {
       this.done.add(rank);
+      void this.send(rank, { type: 'bye' }).catch(() => undefined);
     } else if (msg.type === 'failed') {
       this.onFailure({ rank, host: this.opts.hostOf(rank), message: msg.message });
     }

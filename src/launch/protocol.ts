@@ -25,7 +25,9 @@ export type WorkerMessage =
 export type CoordinatorMessage =
   | { type: 'peers'; peers: PeerEntry[] }
   | { type: 'input'; name: string; value: unknown }
-  | { type: 'abort'; reason: string };
+  | { type: 'abort'; reason: string }
+  /** The coordinator has the worker's `done`: only now may the worker exit (a sent message is only queued). */
+  | { type: 'bye' };
 
 export interface Envelope<T> {
   msg: T;

@@ -77,10 +77,13 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
   const inputWaiters = new Map<string, Array<(x: { value: unknown; blobs: Payload[] }) => void>>();
   let peersResolve: (p: PeerEntry[]) => void = () => undefined;
   const peersP = new Promise<PeerEntry[]>((r) => (peersResolve = r));
+  let byeResolve: () => void = () => undefined;
+  const byeP = new Promise<void>((r) => (byeResolve = r));
   void (async () => {
     for await (const frames of dealer) {
       const { msg, blobs } = decodeControl<CoordinatorMessage>(frames);
       if (msg.type === 'peers') peersResolve(msg.peers);
+      else if (msg.type === 'bye') byeResolve();
       else if (msg.type === 'abort') die(`aborted by the launcher: ${msg.reason}`);
       else if (msg.type === 'input') {
         const w = inputWaiters.get(msg.name);
@@ -152,6 +155,8 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
     finishing = true;
     await ring.close();
     await send({ type: 'done' });
+    // Exiting as soon as `done` is queued could lose it; the coordinator's bye says it arrived.
+    await withTimeout(byeP, spec.ring.connectTimeoutMs, 'no goodbye from the coordinator').catch((err: Error) => log.warn(err.message));
   } catch (err) {
     const message = (err as Error).message;
     log.error(message);
