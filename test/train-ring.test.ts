@@ -3,16 +3,13 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { shardPositions } from '../src/attention/layout.js';
-import { newRingStepStats, ringAttentionOp } from '../src/attention/ring-attention.js';
 import { specFromObject, type ClusterSpec } from '../src/config/index.js';
 import { loadKernel } from '../src/kernels/index.js';
 import type { AttentionKernel } from '../src/kernels/types.js';
-import { allReduceSum } from '../src/ring/collectives.js';
-import type { Ring } from '../src/ring/transport.js';
 import { selectBackend } from '../src/tensor/backend.js';
 import { loadCheckpoint } from '../src/train/checkpoint.js';
-import { resolveLayout, train, type TrainRing } from '../src/train/loop.js';
+import { trainRingOn } from '../src/train/job.js';
+import { train } from '../src/train/loop.js';
 import type { StepMetrics } from '../src/train/metrics.js';
 import { relErr } from './helpers/attention.js';
 import { closeAll, openLocalRing } from './helpers/ring.js';
@@ -42,22 +39,6 @@ function tinySpec(overrides: { layout: string; steps: number; kind?: string; seq
   });
 }
 
-function trainRing(ring: Ring, spec: ClusterSpec): TrainRing {
-  const layout = resolveLayout(spec.attention);
-  const stats = newRingStepStats();
-  return {
-    rank: ring.rank,
-    worldSize: ring.worldSize,
-    allReduceSum: (x) => allReduceSum(ring, x),
-    attention: () =>
-      ringAttentionOp({
-        ring, kernel, causal: true, heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads,
-        overlap: true, positionsOf: (r) => shardPositions(layout, spec.train.seqLen, ring.worldSize, r), stats,
-      }),
-    timings: () => ({ computeMs: stats.computeMs, commMs: 0, waitMs: stats.waitMs }),
-  };
-}
-
 /** Trains on a ring of n; returns rank 0's per-step losses and its run directory. */
 async function trainOnRing(n: number, spec: ClusterSpec): Promise<{ losses: StepMetrics[]; runDir: string }> {
   const runDir = mkdtempSync(path.join(tmpdir(), 'ra-train-'));
@@ -67,7 +48,7 @@ async function trainOnRing(n: number, spec: ClusterSpec): Promise<{ losses: Step
   try {
     await Promise.all(
       rings.map((ring) =>
-        train(trainRing(ring, spec), spec, {
+        train(trainRingOn(ring, spec, kernel), spec, {
           runDir: ring.rank === 0 ? runDir : path.join(runDir, `rank-${ring.rank}`),
           resume: false,
           log: () => undefined,

@@ -26,13 +26,17 @@ export interface AttnRequest {
   out: string;
 }
 
-export interface AttnInputs {
+/** The problem's shape and mask: what the driver and every worker agree on. */
+interface AttnShape {
   seqLen: number;
   heads: number;
   kvHeads: number;
   headDim: number;
   causal: boolean;
   layout: Layout;
+}
+
+export interface AttnInputs extends AttnShape {
   q: Float32Array;
   k: Float32Array;
   v: Float32Array;
@@ -74,13 +78,7 @@ export function prepareAttn(req: AttnRequest, worldSize: number): string {
   return token;
 }
 
-interface ShardMeta {
-  seqLen: number;
-  heads: number;
-  kvHeads: number;
-  headDim: number;
-  causal: boolean;
-  layout: Layout;
+interface ShardMeta extends AttnShape {
   hasDout: boolean;
   hasSegments: boolean;
 }

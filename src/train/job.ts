@@ -1,12 +1,45 @@
 import { shardPositions } from '../attention/layout.js';
 import { newRingStepStats, ringAttentionOp } from '../attention/ring-attention.js';
+import type { ClusterSpec } from '../config/index.js';
 import { loadKernel, type KernelName } from '../kernels/index.js';
+import type { AttentionKernel } from '../kernels/types.js';
+import type { Ring } from '../ring/transport.js';
 import type { JobDefinition } from '../launch/job.js';
 import { allReduceSum } from '../ring/collectives.js';
 import { selectBackend, type BackendWant } from '../tensor/backend.js';
 import { resolveLayout, train, type TrainRing } from './loop.js';
 import type { StepMetrics } from './metrics.js';
 import { Progress } from './progress.js';
+
+/** What the training loop needs from the ring: the gradient all-reduce and ring attention for this rank's shard. */
+export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKernel): TrainRing {
+  const layout = resolveLayout(spec.attention);
+  const stats = newRingStepStats();
+  let commMs = 0;
+  return {
+    rank: ring.rank,
+    worldSize: ring.worldSize,
+    async allReduceSum(x) {
+      const t0 = performance.now();
+      const out = await allReduceSum(ring, x, 'grads');
+      commMs += performance.now() - t0;
+      return out;
+    },
+    attention: () =>
+      ringAttentionOp({
+        ring,
+        kernel,
+        causal: spec.attention.causal,
+        heads: spec.model.heads,
+        kvHeads: spec.model.kvHeads,
+        headDim: spec.model.dModel / spec.model.heads,
+        overlap: spec.attention.overlap,
+        positionsOf: (r) => shardPositions(layout, spec.train.seqLen, ring.worldSize, r),
+        stats,
+      }),
+    timings: () => ({ computeMs: stats.computeMs, commMs, waitMs: stats.waitMs }),
+  };
+}
 
 /**
  * `ringattn train` on the ring: every rank trains on its layout shard of each
@@ -19,33 +52,7 @@ export const trainJob: JobDefinition = {
     const backend = await selectBackend(spec.backend as BackendWant, (m) => ctx.log.info(m));
     const { kernel, reason } = await loadKernel(spec.kernel as KernelName, { tileQ: spec.attention.tileQ, tileKV: spec.attention.tileKV, threads: spec.threads });
     ctx.log.info({ backend: backend.name, kernel: kernel.name }, `compute: tfjs ${backend.name}, attention kernel ${kernel.name} (${reason})`);
-    const layout = resolveLayout(spec.attention);
-    const stats = newRingStepStats();
-    let commMs = 0;
-    const trainRing: TrainRing = {
-      rank: ctx.rank,
-      worldSize: ctx.worldSize,
-      async allReduceSum(x) {
-        const t0 = performance.now();
-        const out = await allReduceSum(ring, x, 'grads');
-        commMs += performance.now() - t0;
-        return out;
-      },
-      attention: () =>
-        ringAttentionOp({
-          ring,
-          kernel,
-          causal: spec.attention.causal,
-          heads: spec.model.heads,
-          kvHeads: spec.model.kvHeads,
-          headDim: spec.model.dModel / spec.model.heads,
-          overlap: spec.attention.overlap,
-          positionsOf: (r) => shardPositions(layout, spec.train.seqLen, ctx.worldSize, r),
-          stats,
-        }),
-      timings: () => ({ computeMs: stats.computeMs, commMs, waitMs: stats.waitMs }),
-    };
-    const result = await train(trainRing, spec, {
+    const result = await train(trainRingOn(ring, spec, kernel), spec, {
       runDir: ctx.runDir,
       resume: Boolean(ctx.args.resume),
       // Per-step lines are in metrics.jsonl and the launcher's progress line; keep the console for events.
