@@ -1,3 +1,4 @@
+import { workerThreads } from '../config/index.js';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
@@ -92,7 +93,7 @@ export const attnJob: JobDefinition = {
     const dout = m.hasDout ? rest.shift() : undefined;
     const segments = m.hasSegments ? (rest.shift() as unknown as Int32Array) : undefined;
     await selectBackend(ctx.spec.backend as BackendWant);
-    const { kernel } = await loadKernel(ctx.spec.kernel as KernelName, { tileQ: ctx.spec.attention.tileQ, tileKV: ctx.spec.attention.tileKV, threads: ctx.spec.threads });
+    const { kernel } = await loadKernel(ctx.spec.kernel as KernelName, { tileQ: ctx.spec.attention.tileQ, tileKV: ctx.spec.attention.tileKV, threads: workerThreads(ctx.spec, ctx.rank) });
     const cfg = {
       ring: ctx.ring,
       kernel,

@@ -1,3 +1,4 @@
+import { workerThreads } from '../config/index.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { dirname, join } from 'node:path';
@@ -113,7 +114,7 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
   checkHostFit(hostFit(ctx.host, workersOnHost, os.totalmem(), mem.memory.perWorkerBytes));
 
   const { tileQ, tileKV } = spec.attention;
-  const loaded = await loadKernel(spec.kernel, { tileQ, tileKV, threads: spec.threads });
+  const loaded = await loadKernel(spec.kernel, { tileQ, tileKV, threads: workerThreads(spec, rank) });
   if (loaded.kernel.name === 'tfjs') await selectBackend(spec.backend);
 
   // One array per block, kept: the kernel wrapper recognises a block by its positions array.
@@ -345,7 +346,7 @@ async function benchDriver(ctx: DriverContext): Promise<BenchReport> {
       kernel: ctx.spec.kernel,
       tileQ: ctx.spec.attention.tileQ,
       tileKV: ctx.spec.attention.tileKV,
-      threads: ctx.spec.threads,
+      threads: workerThreads(ctx.spec, 0),
       maxMessageBytes: ctx.spec.ring.maxMessageBytes,
     },
     setups,

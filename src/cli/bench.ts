@@ -8,7 +8,7 @@ import { benchArgs, BENCH_SHAPE_DEFAULTS, checkParams, DEFAULT_SEED, type BenchP
 import { benchPlan, checkHostFit, checkMessageSize, formatBytes, hostFit, memoryPlan, type BenchPlan, type HostFit } from '../bench/plan.js';
 import { formatPlan, type BenchReport } from '../bench/report.js';
 import { formatSweep, parseSweep, sweepRow, writeSweep, type SweepRow } from '../bench/sweep.js';
-import { formatSize, parseSize, resolvedLaunch, specFromObject, worldSize, type ClusterSpec } from '../config/index.js';
+import { formatSize, parseSize, resolvedLaunch, specFromObject, workerThreads, worldSize, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
 import { loadKernel } from '../kernels/index.js';
 import { runJob } from '../launch/launcher.js';
@@ -100,7 +100,7 @@ function precheck(spec: ClusterSpec, p: BenchParams): HostFit[] {
 /** The kernel the workers will load, timed on tiles of the run's shape on this machine. */
 async function calibrateHere(spec: ClusterSpec, p: BenchParams, shardLen: number): Promise<{ kernel: string; calibration: Calibration }> {
   const { tileQ, tileKV } = spec.attention;
-  const loaded = await loadKernel(spec.kernel, { tileQ, tileKV, threads: spec.threads });
+  const loaded = await loadKernel(spec.kernel, { tileQ, tileKV, threads: workerThreads(spec, 0) });
   if (loaded.kernel.name === 'tfjs') await selectBackend(spec.backend);
   const calibration = await calibrateKernel(loaded.kernel, p, { shardLen, tileQ, tileKV, backward: p.backward, targetMs: 60 });
   return { kernel: loaded.kernel.name, calibration };

@@ -111,10 +111,14 @@ function generateCommand(): Command {
     .action(async (opts: { checkpoint: string; prompt: string; tokens: string; temperature: string; topK?: string; seed: string }) => {
       const { resolveCheckpoint } = await import('../train/checkpoint.js');
       const { generate } = await import('../model/index.js');
-      const { selectBackend } = await import('../tensor/backend.js');
+      const { loadEngine } = await import('../engine/index.js');
+      const { loadKernel } = await import('../kernels/index.js');
+      const { hostThreads } = await import('../config/index.js');
       const ckpt = resolveCheckpoint(opts.checkpoint);
       const spec = ckpt.spec as ClusterSpec;
-      await selectBackend('auto');
+      const threads = hostThreads(1);
+      const { engine } = await loadEngine('auto', { threads });
+      const { kernel } = await loadKernel('auto', { tileQ: spec.attention.tileQ, tileKV: spec.attention.tileKV, threads });
       const temperature = Number(opts.temperature);
       if (!(temperature >= 0)) throw new UserError(`--temperature: expected a number >= 0, got "${opts.temperature}"`);
       const prompt = Buffer.from(opts.prompt || '\n', 'utf8');
@@ -124,6 +128,8 @@ function generateCommand(): Command {
         topK: opts.topK === undefined ? undefined : intFlag(opts.topK, '--top-k'),
         seed: intFlag(opts.seed, '--seed', 0),
         maxContext: spec.train.seqLen,
+        engine,
+        kernel,
       });
       process.stdout.write(`${Buffer.concat([prompt, Buffer.from(Uint8Array.from(out))]).toString('utf8')}\n`);
     });

@@ -21,3 +21,4 @@ export {
 } from './schema.js';
 export { canonicalJson, defaultSpecPath, formatPath, loadSpec, parseSpec, specFromObject, specHash } from './load.js';
 export { SIZE_PATTERN, formatSize, parseSize, sizeSchema } from './size.js';
+export { hostThreads, workerThreads } from './threads.js';

@@ -243,7 +243,14 @@ export const ClusterSpecSchema = z
       .enum(['auto', 'native', 'tfjs', 'reference'])
       .default('auto')
       .describe('Blockwise attention kernel. `auto`: the fastest one available on the worker.'),
-    threads: posInt().default(1).describe('Kernel threads per worker.'),
+    engine: z
+      .enum(['auto', 'native', 'tfjs'])
+      .default('auto')
+      .describe('Compute engine of the model. `auto`: native (the C++ addon) if it loads, else tfjs on `backend`.'),
+    threads: z
+      .union([z.literal('auto'), posInt()])
+      .default('auto')
+      .describe("Compute threads per worker (engine and attention kernel). `auto`: the host's cores divided by the workers started on it."),
     security: z
       .enum(['auto', 'none', 'curve'])
       .default('auto')

@@ -1,6 +1,4 @@
-import { existsSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import { loadAddon } from '../engine/addon.js';
 import type {
   AttentionKernel,
   BlockArgs,
@@ -17,10 +15,6 @@ import type {
  * on a libuv worker thread and resolves a promise, so the event loop (ring
  * transfers, heartbeats, logs) keeps running while it computes.
  */
-
-// Same relative path from src/kernels/ (tsx) and dist/kernels/ (compiled).
-const ADDON_PATH = fileURLToPath(new URL('../../build/Release/ringattn_native.node', import.meta.url));
-const STATUS_PATH = fileURLToPath(new URL('../../build/native-status.json', import.meta.url));
 
 /** What the addon takes: the block itself plus how to compute it. */
 interface NativeCall extends BlockArgs {
@@ -65,42 +59,13 @@ export interface NativeInfo {
   reason?: string;
 }
 
-let cached: { addon?: NativeAddon; reason?: string } | undefined;
-
-/** Why the build did not produce the addon, as recorded by scripts/build-native.mjs. */
-function recordedBuildFailure(): string | undefined {
-  if (!existsSync(STATUS_PATH)) return undefined;
-  try {
-    const status = JSON.parse(readFileSync(STATUS_PATH, 'utf8')) as { ok?: boolean; reason?: string };
-    return status.ok ? undefined : status.reason;
-  } catch {
-    return undefined;
-  }
-}
-
-function loadAddon(): { addon?: NativeAddon; reason?: string } {
-  if (cached) return cached;
-  if (!existsSync(ADDON_PATH)) {
-    const why = recordedBuildFailure();
-    cached = {
-      reason:
-        `native kernel not built (${ADDON_PATH} missing)` +
-        (why ? `: ${why}` : '; run `node scripts/build-native.mjs` in the package root'),
-    };
-    return cached;
-  }
-  try {
-    const require = createRequire(import.meta.url);
-    cached = { addon: require(ADDON_PATH) as NativeAddon };
-  } catch (err) {
-    cached = { reason: `native kernel failed to load: ${(err as Error).message.split('\n')[0]}` };
-  }
-  return cached;
+function loadKernelAddon(): { addon?: NativeAddon; reason?: string } {
+  return loadAddon<NativeAddon>();
 }
 
 /** Whether the native kernel loads here and which SIMD path it uses; never throws (for `doctor`). */
 export function nativeInfo(): NativeInfo {
-  const { addon, reason } = loadAddon();
+  const { addon, reason } = loadKernelAddon();
   if (!addon) return { available: false, reason };
   const isas = addon.isas();
   const forced = process.env.RINGATTN_NATIVE_ISA;
@@ -161,7 +126,7 @@ export async function loadNativeKernel(opts: NativeKernelOptions): Promise<Atten
   positiveInt('tileQ', opts.tileQ);
   positiveInt('tileKV', opts.tileKV);
   positiveInt('threads', opts.threads);
-  const { addon, reason } = loadAddon();
+  const { addon, reason } = loadKernelAddon();
   if (!addon) throw new Error(reason);
   const isas = addon.isas();
   const isa = opts.isa ?? (process.env.RINGATTN_NATIVE_ISA || undefined);

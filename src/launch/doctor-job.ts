@@ -1,3 +1,4 @@
+import { workerThreads } from '../config/index.js';
 import { totalmem } from 'node:os';
 import { loadKernel, type KernelName } from '../kernels/index.js';
 import { allReduceSum, barrier, ringPass } from '../ring/collectives.js';
@@ -62,7 +63,7 @@ export const doctorJob: JobDefinition = {
   async worker(ctx) {
     const { ring, spec } = ctx;
     const backends = await describeBackends();
-    const k = await kernelRate(spec.kernel as KernelName, spec.threads);
+    const k = await kernelRate(spec.kernel as KernelName, workerThreads(spec, ctx.rank));
     const report: DoctorRankReport = {
       rank: ctx.rank,
       host: ctx.host,

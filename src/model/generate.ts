@@ -3,7 +3,8 @@ import { referenceKernel } from '../kernels/reference.js';
 import type { AttentionKernel, BlockArgs } from '../kernels/types.js';
 import { Rng } from '../tensor/random.js';
 import { headDimOf } from './params.js';
-import { shardLogits } from './transformer.js';
+import type { Engine } from '../engine/types.js';
+import { createModel } from './transformer.js';
 import type { AttentionOp, ModelConfig, Params } from './types.js';
 
 /**
@@ -58,6 +59,8 @@ export interface GenerateOptions {
   maxContext?: number;
   /** Attention kernel for the local attention (default: the reference kernel). */
   kernel?: AttentionKernel;
+  /** The engine the model runs on. */
+  engine: Engine;
 }
 
 /** Draws one token from logits under temperature / top-k; greedy when temperature is 0. */
@@ -104,11 +107,13 @@ export async function generate(cfg: ModelConfig, params: Params, prompt: Int32Ar
   const rng = new Rng(opts.seed);
   const seq = Array.from(prompt);
   const out = new Int32Array(opts.maxNewTokens);
+  const model = createModel(opts.engine, cfg, { maxTokens: Math.max(1, Math.min(maxContext, prompt.length + opts.maxNewTokens)) });
+  opts.engine.write(model.params, params.flat);
   for (let t = 0; t < opts.maxNewTokens; t++) {
     const window = Int32Array.from(seq.slice(Math.max(0, seq.length - maxContext)));
     const positions = Int32Array.from({ length: window.length }, (_, i) => i);
     const attn = localAttention(cfg, positions, opts.kernel);
-    const logits = await shardLogits(cfg, params, { tokens: window, positions }, attn, window.length - 1);
+    const logits = await model.logits({ tokens: window, positions }, attn, window.length - 1);
     const next = sampleToken(logits, opts.temperature, opts.topK, rng);
     out[t] = next;
     seq.push(next);

@@ -10,10 +10,8 @@
  * positions.
  *
  * The rotation is orthogonal, so its backward is the rotation by the opposite
- * angle (the transpose): `applyRope(dy, table, heads, true)`.
- *
- * Runs in plain JS on the token-major arrays the attention op consumes
- * ([n, heads, headDim]); it is O(n * heads * headDim), far below the matMuls.
+ * angle (the transpose). The rotation itself is an engine op (`rope`); this
+ * file makes the table of angles it reads, once per set of positions.
  */
 export interface RopeTable {
   /** Rows of the table: one per token, in shard order. */
@@ -41,42 +39,4 @@ export function ropeTable(positions: Int32Array, headDim: number, base: number):
     }
   }
   return { n, headDim, cos, sin };
-}
-
-/**
- * Rotates x: [n, heads, headDim] in place (inverse = rotate back, which is the
- * exact backward of the forward rotation) and returns it.
- */
-export function applyRope(x: Float32Array, table: RopeTable, heads: number, inverse = false): Float32Array {
-  const { n, headDim, cos, sin } = table;
-  if (x.length !== n * heads * headDim) {
-    throw new Error(`rope: array has ${x.length} elements, expected ${n} x ${heads} x ${headDim}`);
-  }
-  const half = headDim / 2;
-  const sign = inverse ? -1 : 1;
-  for (let i = 0; i < n; i++) {
-    const t = i * half;
-    for (let h = 0; h < heads; h++) {
-      const base = (i * heads + h) * headDim;
-      for (let j = 0; j < half; j++) {
-        const c = cos[t + j];
-        const s = sign * sin[t + j];
-        const a = x[base + j];
-        const b = x[base + half + j];
-        x[base + j] = a * c - b * s;
-        x[base + half + j] = b * c + a * s;
-      }
-    }
-  }
-  return x;
-}
-
-/** Forward rotation into a new array. */
-export function ropeForward(x: Float32Array, positions: Int32Array, heads: number, headDim: number, base: number): Float32Array {
-  return applyRope(x.slice(), ropeTable(positions, headDim, base), heads);
-}
-
-/** Backward of `ropeForward`: dL/dx from dL/dy, into a new array. */
-export function ropeBackward(dy: Float32Array, positions: Int32Array, heads: number, headDim: number, base: number): Float32Array {
-  return applyRope(dy.slice(), ropeTable(positions, headDim, base), heads, true);
 }

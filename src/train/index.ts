@@ -1,4 +1,4 @@
-export { clipByGlobalNorm, adamwStep, createAdamWState, decayMask, globalNorm, type AdamWHyper, type AdamWState } from './optimizer.js';
+export { adamwUpdate, clipScale, isDecayed, type AdamWHyper, type AdamWState, type OptimizerBuffers } from './optimizer.js';
 export { learningRate, type ScheduleSpec } from './schedule.js';
 export {
   BYTE_VOCAB,

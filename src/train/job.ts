@@ -1,6 +1,7 @@
 import { shardPositions } from '../attention/layout.js';
 import { newRingStepStats, ringAttentionOp } from '../attention/ring-attention.js';
-import type { ClusterSpec } from '../config/index.js';
+import { workerThreads, type ClusterSpec } from '../config/index.js';
+import { loadEngine, type EngineName } from '../engine/index.js';
 import { loadKernel, type KernelName } from '../kernels/index.js';
 import type { AttentionKernel } from '../kernels/types.js';
 import type { Ring } from '../ring/transport.js';
@@ -49,10 +50,13 @@ export const trainJob: JobDefinition = {
   kind: 'train',
   async worker(ctx) {
     const { spec, ring } = ctx;
-    const backend = await selectBackend(spec.backend as BackendWant, (m) => ctx.log.info(m));
-    const { kernel, reason } = await loadKernel(spec.kernel as KernelName, { tileQ: spec.attention.tileQ, tileKV: spec.attention.tileKV, threads: spec.threads });
-    ctx.log.info({ backend: backend.name, kernel: kernel.name }, `compute: tfjs ${backend.name}, attention kernel ${kernel.name} (${reason})`);
+    const threads = workerThreads(spec, ctx.rank);
+    const { engine, reason: engineReason } = await loadEngine(spec.engine as EngineName, { threads, backend: spec.backend as BackendWant });
+    if (spec.kernel === 'tfjs' || engine.name === 'tfjs') await selectBackend(spec.backend as BackendWant);
+    const { kernel, reason } = await loadKernel(spec.kernel as KernelName, { tileQ: spec.attention.tileQ, tileKV: spec.attention.tileKV, threads });
+    ctx.log.info({ engine: engine.name, kernel: kernel.name, threads }, `compute: engine ${engineReason}; attention kernel ${kernel.name} (${reason})`);
     const result = await train(trainRingOn(ring, spec, kernel), spec, {
+      engine,
       runDir: ctx.runDir,
       resume: Boolean(ctx.args.resume),
       // Per-step lines are in metrics.jsonl and the launcher's progress line; keep the console for events.

@@ -2,14 +2,15 @@ import { join } from 'node:path';
 import { checkLayout, defaultLayout, shardPositions, type Layout } from '../attention/layout.js';
 import type { ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
-import { initParams, shardForwardBackward, shardLoss } from '../model/index.js';
-import type { AttentionOp, ModelConfig, ParamSpec, Params } from '../model/types.js';
+import { slice, type Engine } from '../engine/index.js';
+import { createModel, initParams, type Model } from '../model/index.js';
+import type { AttentionOp, ParamSpec, Params } from '../model/types.js';
 import { CHART_FILE, writeLossChart, type LossPoint } from './chart.js';
 import { ensurePrivateDir, latestCheckpoint, listCheckpoints, saveCheckpoint, writeFileAtomic, type LoadedCheckpoint } from './checkpoint.js';
 import type { Corpus } from './corpus.js';
 import { countTargets, createDataSource, shardOf, type DataSource, type DataState, type Window } from './data.js';
 import { MetricsLog, type StepMetrics } from './metrics.js';
-import { adamwStep, clipByGlobalNorm, createAdamWState, decayMask, type AdamWState } from './optimizer.js';
+import { adamwUpdate, clipScale, type AdamWState, type OptimizerBuffers } from './optimizer.js';
 import { Progress, type ProgressStream } from './progress.js';
 import { learningRate } from './schedule.js';
 
@@ -26,6 +27,8 @@ export interface TrainRing {
 }
 
 export interface TrainOptions {
+  /** The compute engine the model runs on (src/engine/). */
+  engine: Engine;
   runDir: string;
   resume: boolean;
   log: (msg: string, fields?: object) => void;
@@ -115,7 +118,7 @@ async function resumeFromCheckpoint(
   spec: ClusterSpec,
   opts: TrainOptions,
   params: Params,
-  opt: AdamWState,
+  opt: OptimizerBuffers,
 ): Promise<ResumeState | null> {
   const header = new Float32Array(10);
   let ckpt: LoadedCheckpoint | null = null;
@@ -161,12 +164,11 @@ async function resumeFromCheckpoint(
     state.set(ckpt.opt.v, 2 * n);
   }
   const all = await ring.allReduceSum(state);
-  params.flat.set(all.subarray(0, n));
-  opt.m.set(all.subarray(n, 2 * n));
-  opt.v.set(all.subarray(2 * n, 3 * n));
+  opts.engine.write(opt.params, all.subarray(0, n));
+  opts.engine.write(opt.m, all.subarray(n, 2 * n));
+  opts.engine.write(opt.v, all.subarray(2 * n, 3 * n));
+  await opts.engine.flush();
   const step = decodeInt(h, 1);
-  // Optimizer updates and data position advance together: one update per step.
-  opt.step = step;
   if (ckpt) opts.log(`resumed from ${ckpt.path} at step ${step}`, { step, checkpoint: ckpt.path });
   return { step, dataSeed: decodeInt(h, 5), lastLoss: h[9] };
 }
@@ -195,8 +197,7 @@ function delta(a: { computeMs: number; commMs: number; waitMs: number }, b: type
  */
 async function evaluate(
   ring: TrainRing,
-  cfg: ModelConfig,
-  params: Params,
+  model: Model,
   data: DataSource,
   positions: Int32Array,
   attn: AttentionOp,
@@ -212,7 +213,7 @@ async function evaluate(
   }
   let local = 0;
   for (const w of windows) {
-    const r = await shardLoss(cfg, params, shardOf(w, positions), attn);
+    const r = await model.loss(shardOf(w, positions), attn);
     local += r.lossSum;
   }
   const red = await ring.allReduceSum(Float32Array.of(total > 0 ? local / total : 0));
@@ -227,7 +228,8 @@ async function evaluate(
  */
 export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptions): Promise<TrainResult> {
   const t = spec.train;
-  const cfg: ModelConfig = spec.model;
+  const cfg = spec.model;
+  const { engine } = opts;
   const { rank, worldSize } = ring;
   const lead = rank === 0;
   const layout = resolveLayout(spec.attention);
@@ -242,8 +244,13 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
 
   const params = initParams(cfg, t.seed);
   const P = params.flat.length;
-  const opt = createAdamWState(P);
-  const mask = decayMask(params.specs, P);
+  // One buffer carries the gradients, this rank's share of the mean loss and the stop flag through the all-reduce.
+  const reduced = engine.floats(P + 2);
+  const model = createModel(engine, cfg, { maxTokens: positions.length, grads: slice(reduced, 0, P) });
+  const opt: OptimizerBuffers = { params: model.params, grads: model.grads, m: engine.floats(P), v: engine.floats(P) };
+  const normSq = engine.floats(1);
+  engine.write(model.params, params.flat);
+  await engine.flush();
   const metrics = new MetricsLog(opts.runDir);
   const chartPath = join(opts.runDir, CHART_FILE);
   const chartEvery = Math.max(1, opts.chartEvery ?? 10);
@@ -282,11 +289,12 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
   const progressStream = opts.progress === false ? null : opts.progress === true || opts.progress === undefined ? process.stderr : opts.progress;
   const progress = lead && progressStream ? new Progress({ total: t.steps, startStep, logEvery: t.logEvery, stream: progressStream }) : null;
 
-  const checkpoint = (step: number, loss: number): void => {
+  const checkpoint = async (step: number, loss: number): Promise<void> => {
     const dataState: DataState = { step, seed: dataSeed };
+    const state: AdamWState = { m: await engine.read(opt.m), v: await engine.read(opt.v), step };
     const path = saveCheckpoint(
       opts.runDir,
-      { step, params, opt, dataState, spec, extra: { loss, worldSize, layout } },
+      { step, params: { flat: await engine.read(model.params), specs: params.specs }, opt: state, dataState, spec, extra: { loss, worldSize, layout } },
       { keep: opts.keepCheckpoints, ...(opts.fault ? { afterFirstFile: () => opts.fault!('checkpoint', step) } : {}) },
     );
     opts.log(`checkpoint ${path}`, { step, checkpoint: path });
@@ -311,15 +319,13 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
       // Every rank sees every window, so the global token count (the loss
       // denominator) is known locally and the gradients come out already averaged.
       const scale = tokens > 0 ? 1 / tokens : 0;
-      const buf = new Float32Array(P + 2);
+      engine.zero(reduced);
       let lossSum = 0;
       for (const w of windows) {
-        const r = await shardForwardBackward(cfg, params, shardOf(w, positions), attn, scale);
-        const g = r.grads;
-        for (let i = 0; i < P; i++) buf[i] += g[i];
+        const r = await model.step(shardOf(w, positions), attn, scale);
         lossSum += r.lossSum;
       }
-      // One all-reduce carries the gradients, this rank's share of the mean loss, and the stop flag.
+      const buf = await engine.read(reduced);
       buf[P] = lossSum * scale;
       buf[P + 1] = opts.signal?.aborted ? 1 : 0;
       const ta = performance.now();
@@ -329,20 +335,25 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
       const allReduceMs = performance.now() - ta;
       const loss = red[P];
       const stop = red[P + 1] > 0;
-      const grads = red.subarray(0, P);
-      const gradNorm = clipByGlobalNorm(grads, t.gradClip);
+      engine.write(model.grads, red.subarray(0, P));
+      engine.sumSquares(normSq, model.grads);
+      const gradNorm = Math.sqrt((await engine.read(normSq))[0]);
       if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
         throw new UserError(
           `training diverged at step ${s + 1}: loss ${loss}, gradient norm ${gradNorm}; lower train.lr or set train.gradClip`,
         );
       }
-      adamwStep(params.flat, grads, opt, { lr, beta1: t.beta1, beta2: t.beta2, eps: t.eps, weightDecay: t.weightDecay }, mask);
+      const to = performance.now();
+      const hp = { lr, beta1: t.beta1, beta2: t.beta2, eps: t.eps, weightDecay: t.weightDecay };
+      adamwUpdate(engine, params.specs, opt, s + 1, hp, clipScale(gradNorm, t.gradClip));
+      await engine.flush();
+      const optimizerMs = performance.now() - to;
       step = s + 1;
       finalLoss = loss;
 
       let evalLoss: number | undefined;
       if (doEval && (step % t.evalEvery === 0 || step === t.steps)) {
-        evalLoss = await evaluate(ring, cfg, params, data, positions, attn, evalCount, dataSeed);
+        evalLoss = await evaluate(ring, model, data, positions, attn, evalCount, dataSeed);
       }
 
       const stepMs = performance.now() - t0;
@@ -360,6 +371,7 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
         waitMs: d.waitMs,
         attnComputeMs: d.computeMs,
         allReduceMs,
+        optimizerMs,
         tokens,
         time: new Date().toISOString(),
       };
@@ -371,7 +383,7 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
           writeLossChart(chartPath, points, { title: `${spec.name}: loss` });
         }
         if ((t.checkpointEvery > 0 && step % t.checkpointEvery === 0) || step === t.steps || stop) {
-          checkpoint(step, loss);
+          await checkpoint(step, loss);
         }
         progress?.update({ step, loss, evalLoss, tokensPerSec: m.tokensPerSec, lr });
       }

@@ -27,6 +27,8 @@ export interface StepMetrics {
   attnComputeMs: number;
   /** Wall time of the gradient all-reduce (part of comm + wait). */
   allReduceMs: number;
+  /** Wall time of the gradient norm and the AdamW update (part of computeMs). */
+  optimizerMs: number;
   /** Scored target tokens of the batch over all ranks. */
   tokens: number;
   /** Wall-clock time the record was written, ISO 8601. */

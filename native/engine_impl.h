@@ -1,0 +1,168 @@
+// The engine's elementwise ops, written once as plain loops that the compiler
+// vectorises for each instruction set. A variant file defines EO_NS, EO_ISA and
+// EO_ENTRY, then includes this. Internal linkage, no std:: templates (see
+// engine_kernel.h).
+#include "engine_kernel.h"
+
+namespace ringattn {
+namespace EO_NS {
+namespace {
+
+// e^x to about 2 ulp, branch-free so that loops over it vectorise; x below
+// about -88 gives exactly 0.
+inline float expApprox(float x) {
+  float t = x * 1.4426950408889634f;
+  t = t < -127.0f ? -127.0f : t;
+  t = t > 127.0f ? 127.0f : t;
+  const float magic = 12582912.0f;  // 1.5 * 2^23: the addition rounds to an integer
+  const float n = (t + magic) - magic;
+  const float f = t - n;
+  float p = 1.525273380405984e-05f;
+  p = p * f + 1.5403530393381606e-04f;
+  p = p * f + 1.3333558146428443e-03f;
+  p = p * f + 9.618129107628477e-03f;
+  p = p * f + 5.550410866482158e-02f;
+  p = p * f + 2.402265069591007e-01f;
+  p = p * f + 6.931471805599453e-01f;
+  p = p * f + 1.0f;
+  const int32_t bits = ((int32_t)n + 127) << 23;  // n = -127 gives +0
+  float scale;
+  __builtin_memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+void norm(int layer, int dim, float eps, float* out, const float* x, const float* w, const float* b, int r0, int r1) {
+  for (int r = r0; r < r1; r++) {
+    const float* xr = x + (size_t)r * dim;
+    float* yr = out + (size_t)r * dim;
+    float mean = 0.0f;
+    if (layer) {
+      float s = 0.0f;
+      for (int j = 0; j < dim; j++) s += xr[j];
+      mean = s / dim;
+    }
+    float ss = 0.0f;
+    for (int j = 0; j < dim; j++) {
+      const float c = xr[j] - mean;
+      ss += c * c;
+    }
+    const float rstd = 1.0f / __builtin_sqrtf(ss / dim + eps);
+    if (layer) {
+      for (int j = 0; j < dim; j++) yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+    } else {
+      for (int j = 0; j < dim; j++) yr[j] = xr[j] * rstd * w[j];
+    }
+  }
+}
+
+// xh = (x - mean) * rstd, g = dOut * w:
+//   RMSNorm:   dx = rstd * (g - xh * mean(g * xh))
+//   LayerNorm: dx = rstd * (g - mean(g) - xh * mean(g * xh))
+//   dw = sum_rows dOut * xh,  db = sum_rows dOut
+void normBackward(int layer, int dim, float eps, float* dx, float* pdw, float* pdb, const float* dOut, const float* x,
+                  const float* w, int r0, int r1) {
+  for (int j = 0; j < dim; j++) pdw[j] = 0.0f;
+  if (layer)
+    for (int j = 0; j < dim; j++) pdb[j] = 0.0f;
+  for (int r = r0; r < r1; r++) {
+    const float* xr = x + (size_t)r * dim;
+    const float* dy = dOut + (size_t)r * dim;
+    float* dxr = dx + (size_t)r * dim;
+    float mean = 0.0f;
+    if (layer) {
+      float s = 0.0f;
+      for (int j = 0; j < dim; j++) s += xr[j];
+      mean = s / dim;
+    }
+    float ss = 0.0f;
+    for (int j = 0; j < dim; j++) {
+      const float c = xr[j] - mean;
+      ss += c * c;
+    }
+    const float rstd = 1.0f / __builtin_sqrtf(ss / dim + eps);
+    float sg = 0.0f, sgx = 0.0f;
+    for (int j = 0; j < dim; j++) {
+      const float xh = (xr[j] - mean) * rstd;
+      const float g = dy[j] * w[j];
+      sg += g;
+      sgx += g * xh;
+      pdw[j] += dy[j] * xh;
+    }
+    const float mg = layer ? sg / dim : 0.0f, mgx = sgx / dim;
+    for (int j = 0; j < dim; j++) {
+      const float xh = (xr[j] - mean) * rstd;
+      dxr[j] += rstd * (dy[j] * w[j] - mg - xh * mgx);
+    }
+    if (layer)
+      for (int j = 0; j < dim; j++) pdb[j] += dy[j];
+  }
+}
+
+// Half-split pairs (j, j + hd/2) rotated by the row's angles.
+void rope(int heads, int hd, int inverse, float* x, const float* cos, const float* sin, int r0, int r1) {
+  const int half = hd / 2;
+  const float sign = inverse ? -1.0f : 1.0f;
+  for (int r = r0; r < r1; r++) {
+    const float* c = cos + (size_t)r * half;
+    const float* s = sin + (size_t)r * half;
+    for (int h = 0; h < heads; h++) {
+      float* a = x + ((size_t)r * heads + h) * hd;
+      float* b = a + half;
+      for (int j = 0; j < half; j++) {
+        const float aj = a[j], bj = b[j], sj = sign * s[j];
+        a[j] = aj * c[j] - bj * sj;
+        b[j] = bj * c[j] + aj * sj;
+      }
+    }
+  }
+}
+
+void silu(float* out, const float* u, size_t i0, size_t i1) {
+  for (size_t i = i0; i < i1; i++) out[i] = u[i] / (1.0f + expApprox(-u[i]));
+}
+
+// d/du [u * s(u)] = s(u) * (1 + u * (1 - s(u)))
+void siluBackward(float* du, const float* dOut, const float* u, size_t i0, size_t i1) {
+  for (size_t i = i0; i < i1; i++) {
+    const float s = 1.0f / (1.0f + expApprox(-u[i]));
+    du[i] = dOut[i] * s * (1.0f + u[i] * (1.0f - s));
+  }
+}
+
+void add(float* out, const float* a, const float* b, size_t i0, size_t i1) {
+  for (size_t i = i0; i < i1; i++) out[i] = a[i] + b[i];
+}
+
+void crossEntropy(int vocab, float* logits, const int32_t* targets, double* rowLoss, int grad, float gradScale, int r0,
+                  int r1) {
+  for (int r = r0; r < r1; r++) {
+    float* l = logits + (size_t)r * vocab;
+    const int32_t t = targets[r];
+    if (t < 0) {
+      rowLoss[r] = 0.0;
+      if (grad)
+        for (int j = 0; j < vocab; j++) l[j] = 0.0f;
+      continue;
+    }
+    float m = l[0];
+    for (int j = 1; j < vocab; j++) m = l[j] > m ? l[j] : m;
+    float s = 0.0f;
+    for (int j = 0; j < vocab; j++) s += expApprox(l[j] - m);
+    const double lse = (double)m + __builtin_log((double)s);
+    rowLoss[r] = lse - (double)l[t];
+    if (grad) {
+      const float inv = gradScale / s;
+      for (int j = 0; j < vocab; j++) l[j] = expApprox(l[j] - m) * inv;
+      l[t] -= gradScale;
+    }
+  }
+}
+
+const EngineOps kOps = {EO_ISA, norm, normBackward, rope, silu, siluBackward, add, crossEntropy};
+
+}  // namespace
+}  // namespace EO_NS
+
+const EngineOps* EO_ENTRY() { return &EO_NS::kOps; }
+
+}  // namespace ringattn

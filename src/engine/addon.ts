@@ -1,0 +1,46 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * The one place that loads the native addon (native/, built by
+ * scripts/build-native.mjs at install): the attention kernel, the SGEMM and the
+ * engine all live in it. Loading never throws; a missing or broken build
+ * yields the reason, which callers turn into a fallback or a user error.
+ */
+
+// Same relative path from src/engine/ (tsx) and dist/engine/ (compiled).
+const ADDON_PATH = fileURLToPath(new URL('../../build/Release/ringattn_native.node', import.meta.url));
+const STATUS_PATH = fileURLToPath(new URL('../../build/native-status.json', import.meta.url));
+
+let cached: { addon?: unknown; reason?: string } | undefined;
+
+/** Why the build did not produce the addon, as recorded by scripts/build-native.mjs. */
+function recordedBuildFailure(): string | undefined {
+  if (!existsSync(STATUS_PATH)) return undefined;
+  try {
+    const status = JSON.parse(readFileSync(STATUS_PATH, 'utf8')) as { ok?: boolean; reason?: string };
+    return status.ok ? undefined : status.reason;
+  } catch {
+    return undefined;
+  }
+}
+
+export function loadAddon<T>(): { addon?: T; reason?: string } {
+  if (cached) return cached as { addon?: T; reason?: string };
+  if (!existsSync(ADDON_PATH)) {
+    const why = recordedBuildFailure();
+    cached = {
+      reason:
+        `native addon not built (${ADDON_PATH} missing)` +
+        (why ? `: ${why}` : '; run `node scripts/build-native.mjs` in the package root'),
+    };
+  } else {
+    try {
+      cached = { addon: createRequire(import.meta.url)(ADDON_PATH) };
+    } catch (err) {
+      cached = { reason: `native addon failed to load: ${(err as Error).message.split('\n')[0]}` };
+    }
+  }
+  return cached as { addon?: T; reason?: string };
+}
