@@ -12,6 +12,7 @@ import { trainRingOn } from '../src/train/job.js';
 import { train } from '../src/train/loop.js';
 import type { StepMetrics } from '../src/train/metrics.js';
 import { relErr } from './helpers/attention.js';
+import { testEngine } from './helpers/engine.js';
 import { closeAll, openLocalRing } from './helpers/ring.js';
 
 /**
@@ -49,6 +50,7 @@ async function trainOnRing(n: number, spec: ClusterSpec): Promise<{ losses: Step
     await Promise.all(
       rings.map((ring) =>
         train(trainRingOn(ring, spec, kernel), spec, {
+          engine: testEngine(),
           runDir: ring.rank === 0 ? runDir : path.join(runDir, `rank-${ring.rank}`),
           resume: false,
           log: () => undefined,

@@ -14,7 +14,8 @@ import { DEFAULT_CORPUS_MAX_BYTES, globFiles, loadCorpus, resolveDataPaths } fro
 import { copyWindow, countTargets, createDataSource, recallAlphabet, recallWindow, shardOf, windowRng } from '../src/train/data.js';
 import { train } from '../src/train/loop.js';
 import { MetricsLog, readMetrics, type StepMetrics } from '../src/train/metrics.js';
-import { adamwStep, clipByGlobalNorm, createAdamWState, decayMask } from '../src/train/optimizer.js';
+import { adamwUpdate, clipScale, isDecayed } from '../src/train/optimizer.js';
+import { testEngine } from './helpers/engine.js';
 import { Progress } from '../src/train/progress.js';
 import { learningRate } from '../src/train/schedule.js';
 import { localRing, localRings } from './helpers/train-local.js';
@@ -40,23 +41,33 @@ describe('AdamW', () => {
   ];
   const hp = { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.1 };
 
+  /** Runs AdamW updates on the test engine; returns params, m, v after each. */
+  async function run(p0: number[], grads: number[][], gradScale = 1) {
+    const e = testEngine();
+    const b = { params: e.floats(4), grads: e.floats(4), m: e.floats(4), v: e.floats(4) };
+    e.write(b.params, Float32Array.from(p0));
+    const out: { p: Float32Array; m: Float32Array; v: Float32Array }[] = [];
+    for (let t = 0; t < grads.length; t++) {
+      e.write(b.grads, Float32Array.from(grads[t]));
+      adamwUpdate(e, specs, b, t + 1, hp, gradScale);
+      out.push({ p: Float32Array.from(await e.read(b.params)), m: Float32Array.from(await e.read(b.m)), v: Float32Array.from(await e.read(b.v)) });
+    }
+    e.dispose();
+    return out;
+  }
+
   it('decays only tensors with two or more dimensions', () => {
-    assert.deepEqual([...decayMask(specs, 4)], [1, 1, 0, 0]);
+    assert.deepEqual(specs.map(isDecayed), [true, false]);
   });
 
-  it('matches two hand-computed steps', () => {
-    const p = Float32Array.of(1, -2, 0.5, 3);
+  it('matches two hand-computed steps', async () => {
     const g1 = [0.5, -0.25, 2, 0];
     const g2 = [-1, 0.5, 1, 4];
-    const st = createAdamWState(4);
-    const mask = decayMask(specs, 4);
-    adamwStep(p, Float32Array.from(g1), st, hp, mask);
-    assert.equal(st.step, 1);
+    const [s1, s2] = await run([1, -2, 0.5, 3], [g1, g2]);
     // Step 1: m = 0.1 g, v = 0.001 g^2; bias correction makes m^ = g, v^ = g^2,
     // so the update is lr * g / (|g| + eps), plus decay p * lr * wd on matrices.
     const p1 = [1 * (1 - 0.01) - (0.1 * 0.5) / (0.5 + 1e-8), -2 * (1 - 0.01) + (0.1 * 0.25) / (0.25 + 1e-8), 0.5 - (0.1 * 2) / (2 + 1e-8), 3];
-    p1.forEach((x, i) => close(p[i], x, 1e-6, `step 1, element ${i}`));
-    adamwStep(p, Float32Array.from(g2), st, hp, mask);
+    p1.forEach((x, i) => close(s1.p[i], x, 1e-6, `step 1, element ${i}`));
     const decayed = [true, true, false, false];
     for (let i = 0; i < 4; i++) {
       const m = 0.9 * (0.1 * g1[i]) + 0.1 * g2[i];
@@ -66,36 +77,26 @@ describe('AdamW', () => {
       let want = p1[i];
       if (decayed[i]) want -= 0.1 * 0.1 * p1[i];
       want -= (0.1 * mh) / (Math.sqrt(vh) + 1e-8);
-      close(p[i], want, 1e-6, `step 2, element ${i}`);
-      close(st.m[i], m, 1e-7);
-      close(st.v[i], v, 1e-7);
+      close(s2.p[i], want, 1e-6, `step 2, element ${i}`);
+      close(s2.m[i], m, 1e-7);
+      close(s2.v[i], v, 1e-7);
     }
   });
 
-  it('is deterministic', () => {
-    const run = (): Float32Array => {
-      const p = Float32Array.from({ length: 100 }, (_, i) => Math.sin(i));
-      const st = createAdamWState(100);
-      for (let s = 0; s < 3; s++) adamwStep(p, Float32Array.from({ length: 100 }, (_, i) => Math.cos(i * (s + 1))), st, hp);
-      return p;
-    };
-    assert.deepEqual(run(), run());
+  it('is deterministic, and a gradient scale is the same as scaled gradients', async () => {
+    const g = [[0.3, -1.5, 2, 0.25], [1, 1, -1, 0.5]];
+    assert.deepEqual(await run([1, 2, 3, 4], g), await run([1, 2, 3, 4], g));
+    const scaled = g.map((row) => row.map((x) => Math.fround(x * 0.5)));
+    assert.deepEqual(await run([1, 2, 3, 4], g, 0.5), await run([1, 2, 3, 4], scaled));
   });
 });
 
 describe('gradient clipping', () => {
-  it('scales to maxNorm and returns the norm before clipping', () => {
-    const g = Float32Array.of(3, 4);
-    assert.equal(clipByGlobalNorm(g, 1), 5);
-    close(g[0], 0.6, 1e-7);
-    close(g[1], 0.8, 1e-7);
-  });
-  it('leaves gradients under the threshold, and maxNorm 0 turns it off', () => {
-    const g = Float32Array.of(3, 4);
-    assert.equal(clipByGlobalNorm(g, 10), 5);
-    assert.deepEqual([...g], [3, 4]);
-    assert.equal(clipByGlobalNorm(g, 0), 5);
-    assert.deepEqual([...g], [3, 4]);
+  it('scales down to maxNorm, never up; maxNorm 0 turns it off', () => {
+    assert.equal(clipScale(5, 1), 0.2);
+    assert.equal(clipScale(5, 10), 1);
+    assert.equal(clipScale(5, 0), 1);
+    assert.equal(clipScale(NaN, 1), 1);
   });
 });
 
@@ -342,7 +343,7 @@ describe('checkpoints', () => {
 describe('metrics, chart and progress', () => {
   const rec = (step: number, loss: number, evalLoss?: number): StepMetrics => ({
     step, loss, ...(evalLoss !== undefined ? { evalLoss } : {}), lr: 1e-3, gradNorm: 1, tokensPerSec: 100, stepMs: 10,
-    computeMs: 8, commMs: 1, waitMs: 1, attnComputeMs: 2, allReduceMs: 1, tokens: 64, time: new Date(0).toISOString(),
+    computeMs: 8, commMs: 1, waitMs: 1, attnComputeMs: 2, allReduceMs: 1, optimizerMs: 1, tokens: 64, time: new Date(0).toISOString(),
   });
 
   it('metrics.jsonl appends one record per step and drops steps past a resume point', () => {
@@ -397,7 +398,7 @@ describe('training loop (single process, local exact attention)', () => {
   const steps = 16;
   let full: { dir: string; losses: number[]; records: StepMetrics[] };
 
-  const quiet = { log: () => {}, progress: false as const };
+  const quiet = { log: () => {}, progress: false as const, get engine() { return testEngine(); } };
   before(async () => {
     await selectBackend('wasm');
     const d = tmp('loop-data');
