@@ -1,4 +1,4 @@
-# The native attention kernel (native/). Each compute variant is its own static
+# The native attention kernel and SGEMM (native/). Each compute variant is its own static
 # library so that it gets its own instruction-set flags; addon.cc, compiled for
 # the baseline CPU, picks one at run time. Built by scripts/build-native.mjs.
 {
@@ -15,11 +15,11 @@
     {
       'target_name': 'ringattn_attn_portable',
       'type': 'static_library',
-      'sources': ['native/attn_portable.cc'],
+      'sources': ['native/attn_portable.cc', 'native/gemm_portable.cc', 'native/engine_portable.cc'],
     },
     {
       'target_name': 'ringattn_native',
-      'sources': ['native/addon.cc'],
+      'sources': ['native/addon.cc', 'native/gemm.cc', 'native/gemm_napi.cc', 'native/engine.cc'],
       'dependencies': [
         "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except",
         'ringattn_attn_portable',
@@ -38,14 +38,14 @@
         {
           'target_name': 'ringattn_attn_avx2',
           'type': 'static_library',
-          'sources': ['native/attn_avx2.cc'],
+          'sources': ['native/attn_avx2.cc', 'native/gemm_avx2.cc', 'native/engine_avx2.cc'],
           'cflags': ['-mavx2', '-mfma'],
           'xcode_settings': {'OTHER_CFLAGS': ['-mavx2', '-mfma']},
         },
         {
           'target_name': 'ringattn_attn_avx512',
           'type': 'static_library',
-          'sources': ['native/attn_avx512.cc'],
+          'sources': ['native/attn_avx512.cc', 'native/gemm_avx512.cc', 'native/engine_avx512.cc'],
           'cflags': ['-mavx512f', '-mfma'],
           'xcode_settings': {'OTHER_CFLAGS': ['-mavx512f', '-mfma']},
         },

@@ -17,9 +17,14 @@
 #include <vector>
 
 #include "attn_kernel.h"
+#include "gemm.h"
 #include "runtime.h"
 
 namespace ringattn {
+
+// native/engine.cc
+void addEngineExports(Napi::Env env, Napi::Object exports);
+
 namespace {
 
 // ---------------------------------------------------------------------------
@@ -356,6 +361,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("forward", Napi::Function::New(env, Forward, "forward"));
   exports.Set("backward", Napi::Function::New(env, Backward, "backward"));
   exports.Set("isas", Napi::Function::New(env, Isas, "isas"));
+  addGemmExports(env, exports);
+  addEngineExports(env, exports);
   return exports;
 }
 

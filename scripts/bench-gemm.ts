@@ -1,0 +1,312 @@
+// Native SGEMM throughput next to numpy's fp32 matmul (OpenBLAS), measured in
+// the same run, for square sizes, all four transpose combinations and each
+// thread count.
+//
+//   npm run bench:gemm -- [--threads 1,2] [--sizes 256,512,1024,2048,4096] [--trans NN,NT,TN,TT]
+//                         [--isa avx512] [--budget 0.5] [--json] [--kc N --mc N --nc N]
+//
+// Each figure is the best of several runs after a warm-up, 2*m*n*k flops over
+// the wall time of one call: the engine's asynchronous sgemm (off the JS
+// thread, awaited), numpy's `np.matmul(a, b, out=c)` with transposes as `.T`
+// views (timed inside Python). The two alternate in batches (three each, two
+// for the largest sizes; a batch is at least 1 run, more while a cell's runs
+// fit in --budget seconds), so both see about the same load on a shared
+// machine. Before each engine batch the bench waits until OpenBLAS's helper
+// threads, which spin for about 0.13 s after each call, have gone to sleep, or
+// they would take a core from the engine. numpy runs in one long-lived child
+// per thread count, with OPENBLAS_NUM_THREADS set to it and OPENBLAS_CORETYPE /
+// OPENBLAS_L2_SIZE removed from that child's environment only, so OpenBLAS
+// picks its kernel for this CPU itself.
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { createInterface } from 'node:readline';
+import { parseArgs } from 'node:util';
+
+interface SgemmArgs {
+  m: number;
+  n: number;
+  k: number;
+  transA: boolean;
+  transB: boolean;
+  a: Float32Array;
+  lda: number;
+  b: Float32Array;
+  ldb: number;
+  c: Float32Array;
+  ldc: number;
+  beta: 0 | 1;
+  threads: number;
+  isa?: string;
+  kc?: number;
+  mc?: number;
+  nc?: number;
+}
+interface GemmAddon {
+  sgemm(args: SgemmArgs): Promise<void>;
+  sgemmSync(args: SgemmArgs): void;
+  gemmIsas(): string[];
+}
+
+const { values } = parseArgs({
+  options: {
+    threads: { type: 'string', default: '1,2' },
+    sizes: { type: 'string', default: '256,512,1024,2048,4096' },
+    trans: { type: 'string', default: 'NN,NT,TN,TT' },
+    isa: { type: 'string' },
+    budget: { type: 'string', default: '0.5' },
+    json: { type: 'boolean', default: false },
+    kc: { type: 'string' },
+    mc: { type: 'string' },
+    nc: { type: 'string' },
+  },
+});
+
+const list = (s: string): number[] => s.split(',').map((x) => Number(x.trim())).filter((x) => Number.isInteger(x) && x > 0);
+const threadList = list(values.threads);
+const sizes = list(values.sizes);
+const transList = values.trans.split(',').map((t) => t.trim().toUpperCase());
+for (const t of transList) {
+  if (!/^[NT][NT]$/.test(t)) {
+    console.error(`bench-gemm: --trans: expected NN, NT, TN or TT, got "${t}"`);
+    process.exit(1);
+  }
+}
+const budget = Number(values.budget);
+const blocking = {
+  ...(values.kc ? { kc: Number(values.kc) } : {}),
+  ...(values.mc ? { mc: Number(values.mc) } : {}),
+  ...(values.nc ? { nc: Number(values.nc) } : {}),
+};
+
+const addonPath = fileURLToPath(new URL('../build/Release/ringattn_native.node', import.meta.url));
+if (!existsSync(addonPath)) {
+  console.error(`bench-gemm: ${addonPath} missing; run \`node scripts/build-native.mjs\``);
+  process.exit(1);
+}
+const addon = createRequire(import.meta.url)(addonPath) as GemmAddon;
+if (typeof addon.sgemm !== 'function') {
+  console.error('bench-gemm: the addon has no sgemm; rebuild it with `node scripts/build-native.mjs`');
+  process.exit(1);
+}
+const isa = values.isa ?? addon.gemmIsas()[0];
+
+function cpuInfo(): { model: string; avx512f: boolean; avx2: boolean; fma: boolean; cores: number } {
+  let text = '';
+  try {
+    text = readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    // not Linux
+  }
+  const model = /^model name\s*:\s*(.*)$/m.exec(text)?.[1]?.trim() ?? 'unknown';
+  const flags = new Set((/^flags\s*:\s*(.*)$/m.exec(text)?.[1] ?? '').split(/\s+/));
+  const cores = (text.match(/^processor\s*:/gm) ?? []).length;
+  return { model, avx512f: flags.has('avx512f'), avx2: flags.has('avx2'), fma: flags.has('fma'), cores };
+}
+
+function fill(n: number, seed: number): Float32Array {
+  const out = new Float32Array(n);
+  let s = seed >>> 0;
+  for (let i = 0; i < n; i++) {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    out[i] = s / 2 ** 32 - 0.5;
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------
+// numpy, in a long-lived child per thread count, driven line by line:
+//   "setup N TRANS" -> seconds of one matmul; "run R" -> best seconds of R; "info" -> JSON.
+
+const NUMPY_CODE = String.raw`
+import json, sys, time
+import numpy as np
+
+def kernel_name():
+    try:
+        from threadpoolctl import threadpool_info
+        for i in threadpool_info():
+            if i.get('internal_api') == 'openblas':
+                return '%s (OpenBLAS %s, threadpoolctl)' % (i.get('architecture'), i.get('version'))
+    except Exception:
+        pass
+    try:
+        import ctypes
+        paths = []
+        with open('/proc/self/maps') as f:
+            for line in f:
+                p = line.split()[-1]
+                if 'openblas' in p.lower() and '.so' in p and p not in paths:
+                    paths.append(p)
+        for p in paths:
+            lib = ctypes.CDLL(p)
+            core = config = None
+            for sym in ('scipy_openblas_get_corename64_', 'scipy_openblas_get_corename', 'openblas_get_corename64_', 'openblas_get_corename'):
+                fn = getattr(lib, sym, None)
+                if fn is not None:
+                    fn.restype = ctypes.c_char_p; core = fn().decode(); break
+            for sym in ('scipy_openblas_get_config64_', 'scipy_openblas_get_config', 'openblas_get_config64_', 'openblas_get_config'):
+                fn = getattr(lib, sym, None)
+                if fn is not None:
+                    fn.restype = ctypes.c_char_p; config = fn().decode().strip(); break
+            if core:
+                return '%s (%s)' % (core, ' '.join(config.split())) if config else core
+    except Exception:
+        pass
+    try:
+        blas = np.__config__.CONFIG['Build Dependencies']['blas']
+        return '%s %s (kernel unknown)' % (blas.get('name'), blas.get('version'))
+    except Exception:
+        return 'unknown'
+
+rng = np.random.default_rng(1)
+A = B = C = None
+for line in sys.stdin:
+    cmd = line.split()
+    if not cmd:
+        continue
+    if cmd[0] == 'info':
+        print(json.dumps({'numpy': np.__version__, 'kernel': kernel_name()}), flush=True)
+    elif cmd[0] == 'setup':
+        n = int(cmd[1]); t = cmd[2]
+        a = rng.random((n, n), dtype=np.float32) - 0.5
+        b = rng.random((n, n), dtype=np.float32) - 0.5
+        A = a.T if t[0] == 'T' else a
+        B = b.T if t[1] == 'T' else b
+        C = np.empty((n, n), dtype=np.float32)
+        np.matmul(A, B, out=C)
+        t0 = time.perf_counter(); np.matmul(A, B, out=C); dt = time.perf_counter() - t0
+        print(repr(dt), flush=True)
+    elif cmd[0] == 'run':
+        best = 1e30
+        for _ in range(int(cmd[1])):
+            t0 = time.perf_counter(); np.matmul(A, B, out=C); best = min(best, time.perf_counter() - t0)
+        print(repr(best), flush=True)
+`;
+
+class Numpy {
+  private readonly child: ChildProcessWithoutNullStreams;
+  private readonly lines: AsyncIterableIterator<string>;
+  private stderr = '';
+
+  constructor(threads: number) {
+    // Only this child loses OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE.
+    this.child = spawn('env', ['-u', 'OPENBLAS_CORETYPE', '-u', 'OPENBLAS_L2_SIZE', `OPENBLAS_NUM_THREADS=${threads}`, 'python3', '-c', NUMPY_CODE], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    this.child.stderr.on('data', (d: Buffer) => (this.stderr += d.toString()));
+    this.child.on('error', (err) => (this.stderr += `${err.message}\n`));
+    this.child.stdin.on('error', () => {}); // a child that died is reported by ask()
+    this.lines = createInterface({ input: this.child.stdout })[Symbol.asyncIterator]();
+  }
+
+  async ask(cmd: string): Promise<string> {
+    this.child.stdin.write(`${cmd}\n`);
+    const r = await this.lines.next();
+    if (r.done) throw new Error(`numpy child ended: ${this.stderr.trim().split('\n').pop() ?? 'no output'}`);
+    return r.value;
+  }
+
+  close(): void {
+    this.child.stdin.end();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// One cell: the engine and numpy alternating, best of each.
+
+async function cell(np: Numpy | null, n: number, trans: string, threads: number): Promise<{ engine: number; numpy: number | null; error?: string }> {
+  const transA = trans[0] === 'T', transB = trans[1] === 'T';
+  const a = fill(n * n, 1), b = fill(n * n, 2), c = new Float32Array(n * n);
+  const args: SgemmArgs = { m: n, n, k: n, transA, transB, a, lda: n, b, ldb: n, c, ldc: n, beta: 0, threads, isa, ...blocking };
+  const tE0 = performance.now();
+  await addon.sgemm(args);
+  const engineWarm = (performance.now() - tE0) / 1000;
+  let npError: string | undefined;
+  let npWarm = 0;
+  if (np) {
+    try {
+      npWarm = Number(await np.ask(`setup ${n} ${trans}`));
+    } catch (err) {
+      npError = (err as Error).message;
+    }
+  }
+  const useNp = np !== null && npError === undefined;
+  const batches = engineWarm + npWarm > budget / 2 ? 2 : 3;
+  const perBatch = Math.max(1, Math.min(25, Math.floor(budget / batches / (engineWarm + npWarm))));
+  let bestE = Infinity, bestN = Infinity;
+  for (let batch = 0; batch < batches; batch++) {
+    if (useNp && np && npError === undefined) {
+      try {
+        bestN = Math.min(bestN, Number(await np.ask(`run ${perBatch}`)));
+      } catch (err) {
+        npError = (err as Error).message;
+      }
+      if (threads > 1) await new Promise((r) => setTimeout(r, 200));
+    }
+    for (let i = 0; i < perBatch; i++) {
+      const t0 = performance.now();
+      await addon.sgemm(args);
+      bestE = Math.min(bestE, (performance.now() - t0) / 1000);
+    }
+  }
+  const flops = 2 * n ** 3;
+  return { engine: flops / bestE / 1e9, numpy: Number.isFinite(bestN) ? flops / bestN / 1e9 : null, error: npError };
+}
+
+interface Row {
+  size: number;
+  trans: string;
+  threads: number;
+  engine: number;
+  numpy: number | null;
+  ratio: number | null;
+}
+
+const cpu = cpuInfo();
+const rows: Row[] = [];
+let numpyKernel = 'unknown', numpyVersion = 'unknown';
+const numpyErrors: string[] = [];
+for (const threads of threadList) {
+  let np: Numpy | null = new Numpy(threads);
+  try {
+    const info = JSON.parse(await np.ask('info')) as { numpy: string; kernel: string };
+    numpyKernel = info.kernel;
+    numpyVersion = info.numpy;
+  } catch (err) {
+    numpyErrors.push(`threads ${threads}: ${(err as Error).message}`);
+    np.close();
+    np = null;
+  }
+  for (const n of sizes) {
+    for (const trans of transList) {
+      const r = await cell(np, n, trans, threads);
+      if (r.error) numpyErrors.push(`threads ${threads}, ${n} ${trans}: ${r.error}`);
+      const row: Row = { size: n, trans, threads, engine: r.engine, numpy: r.numpy, ratio: r.numpy ? r.engine / r.numpy : null };
+      rows.push(row);
+      if (!values.json) process.stderr.write(`  ${n} ${trans} t=${threads}: engine ${r.engine.toFixed(1)}, numpy ${r.numpy?.toFixed(1) ?? '-'}\n`);
+    }
+  }
+  np?.close();
+}
+
+if (values.json) {
+  console.log(
+    JSON.stringify(
+      { cpu, isa, isas: addon.gemmIsas(), blocking, numpy: { version: numpyVersion, kernel: numpyKernel, errors: numpyErrors }, rows },
+      null,
+      2,
+    ),
+  );
+} else {
+  const f = (x: number | null, d = 1) => (x === null ? '-' : x.toFixed(d));
+  console.log(`CPU: ${cpu.model} (${cpu.cores} logical cores; avx512f ${cpu.avx512f ? 'yes' : 'no'}, avx2 ${cpu.avx2 ? 'yes' : 'no'}, fma ${cpu.fma ? 'yes' : 'no'})`);
+  console.log(`engine: sgemm isa ${isa}${Object.keys(blocking).length ? ` blocking ${JSON.stringify(blocking)}` : ''}`);
+  console.log(`numpy ${numpyVersion}: OpenBLAS kernel ${numpyKernel}`);
+  for (const e of numpyErrors) console.log(`numpy failed: ${e}`);
+  console.log('');
+  console.log('| size | trans | threads | engine GFLOP/s | numpy GFLOP/s | ratio |');
+  console.log('| ---: | :---: | ---: | ---: | ---: | ---: |');
+  for (const r of rows) console.log(`| ${r.size} | ${r.trans} | ${r.threads} | ${f(r.engine)} | ${f(r.numpy)} | ${f(r.ratio, 2)} |`);
+}
