@@ -48,6 +48,8 @@ function range(s: Json): string {
 function typeOf(s: Json): string {
   if (isSize(s)) return 'size';
   if (Array.isArray(s.enum)) return (s.enum as unknown[]).map((v) => `\`${String(v)}\``).join(', ');
+  if ('const' in s) return `\`${String(s.const)}\``;
+  if (Array.isArray(s.anyOf)) return (s.anyOf as Json[]).map(typeOf).join(' or ');
   if (Array.isArray(s.type)) return (s.type as string[]).includes('string') ? 'string' : (s.type as string[]).join(' or ');
   switch (s.type) {
     case 'integer':

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { runCli, workerPids, ROOT } from './helpers/cli.js';
@@ -16,7 +16,7 @@ test('ringattn train --config configs/ci.yaml writes every run-directory artifac
   const r = await runCli(['train', '--config', CI_SPEC, '--run-dir', runDir], { timeoutMs: 300000 });
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /^trained 4 steps, final loss \d+\.\d+; run directory /);
-  assert.match(r.stderr, /\[rank 1 local\] INFO compute: tfjs/);
+  assert.match(r.stderr, /\[rank 1 local\] INFO compute: engine (native \w+, 1 thread|tfjs)/);
   assert.match(r.stderr, /step 4\/4 \| loss/);
   const files = readdirSync(runDir).sort();
   for (const f of ['spec.json', 'metrics.jsonl', 'loss.svg', 'latest', 'ckpt-2', 'ckpt-4', 'logs']) assert.ok(files.includes(f), `${f} in ${files}`);
@@ -59,4 +59,18 @@ test('ringattn generate samples from a checkpoint, deterministically for a seed'
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /^ringattn: checkpoint path .*nothing-here does not exist/);
   assert.ok(!existsSync(path.join(tmp, 'nothing-here')));
+});
+
+test('an engine that cannot load: auto falls back with one line saying why; asked for explicitly, exit 2 naming it', async () => {
+  // RINGATTN_NATIVE_ISA names an instruction set no CPU has, so the native engine cannot start.
+  const env = { RINGATTN_NATIVE_ISA: 'sse9' };
+  const auto = await runCli(['train', '--config', CI_SPEC, '--run-dir', path.join(tmp, 'fallback')], { env });
+  assert.equal(auto.code, 0, auto.stderr);
+  assert.match(auto.stderr, /\[rank 0 local\] INFO compute: engine tfjs \w+ \(native engine skipped: .*instruction set 'sse9' is not usable/);
+  const spec = path.join(tmp, 'native.yaml');
+  writeFileSync(spec, readFileSync(CI_SPEC, 'utf8').replace(/^model:/m, 'engine: native\nmodel:'));
+  const asked = await runCli(['train', '--config', spec, '--run-dir', path.join(tmp, 'asked')], { env });
+  assert.equal(asked.code, 2, asked.stderr);
+  assert.match(asked.stderr, /^ringattn: job train failed: rank \d \(local\) native engine unavailable: .*instruction set 'sse9' is not usable/m);
+  assert.deepEqual(workerPids(29500), []);
 });

@@ -26,6 +26,8 @@ export interface WorkerFailure {
   rank: number;
   host: string;
   message: string;
+  /** A mistake the user can fix (a bad flag, an engine asked for that cannot load): exit 2, never restarted. */
+  userError?: boolean;
 }
 
 type Pending = { value: unknown; blobs: Payload[] };
@@ -199,7 +201,7 @@ export class Coordinator {
       this.done.add(rank);
       void this.send(rank, { type: 'bye' }).catch(() => undefined);
     } else if (msg.type === 'failed') {
-      this.onFailure({ rank, host: this.opts.hostOf(rank), message: msg.message });
+      this.onFailure({ rank, host: this.opts.hostOf(rank), message: msg.message, ...(msg.userError ? { userError: true } : {}) });
     }
   }
 }

@@ -49,14 +49,14 @@ export interface JobOutcome {
   value: unknown;
 }
 
-/** A job that failed on the ring: the message names the root cause. Exit code 1. */
+/** A job that failed on the ring: the message names the root cause. Exit code 1, or 2 when the root cause is a user error. */
 export class LaunchError extends UserError {
   /** The root cause, when a rank (or the launcher, rank -1) was found to blame. */
   readonly root?: WorkerFailure;
   /** False when retrying cannot help (the user interrupted the job). */
   readonly retryable: boolean;
   constructor(message: string, info: { root?: WorkerFailure; retryable?: boolean } = {}) {
-    super(message, 1);
+    super(message, info.root?.userError ? 2 : 1);
     this.name = 'LaunchError';
     this.root = info.root;
     this.retryable = info.retryable ?? true;
@@ -313,7 +313,7 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
     const where = root.rank >= 0 ? `rank ${root.rank} (${root.host}) ${root.message}` : root.message;
     throw new LaunchError(`job ${job.kind} failed: ${where}${tail.length ? `\n  last log lines of rank ${root.rank}:\n${tail.join('\n')}` : ''}\n  logs: ${path.join(runDir, 'logs')}`, {
       root,
-      retryable: root.rank !== -1,
+      retryable: root.rank !== -1 && !root.userError,
     });
   } catch (err) {
     if (!(err instanceof LaunchError)) {

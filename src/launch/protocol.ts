@@ -20,7 +20,8 @@ export type WorkerMessage =
   | { type: 'hello'; rank: number; host: string; endpoint: string; protocol: number; specHash: string; pid: number; node: string }
   | { type: 'result'; rank: number; name: string; value: unknown }
   | { type: 'done'; rank: number }
-  | { type: 'failed'; rank: number; message: string };
+  /** userError: the rank's own input or set-up was wrong (exit 2, no restart), not the ring. */
+  | { type: 'failed'; rank: number; message: string; userError?: boolean };
 
 export type CoordinatorMessage =
   | { type: 'peers'; peers: PeerEntry[] }

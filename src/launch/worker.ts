@@ -3,6 +3,7 @@ import { hostname } from 'node:os';
 import pino, { type Logger } from 'pino';
 import * as zmq from 'zeromq';
 import { specHash, type ClusterSpec } from '../config/index.js';
+import { UserError } from '../errors.js';
 import type { Payload } from '../ring/frame.js';
 import { Ring, type CurveKeys } from '../ring/transport.js';
 import { faultPointFromEnv } from './fault.js';
@@ -160,7 +161,7 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
   } catch (err) {
     const message = (err as Error).message;
     log.error(message);
-    await send({ type: 'failed', message }).catch(() => undefined);
+    await send({ type: 'failed', message, userError: err instanceof UserError }).catch(() => undefined);
     finishing = true;
     await ring?.close().catch(() => undefined);
     dealer.close();
