@@ -311,34 +311,23 @@ class Program {
         float* out = f32(1, "sumSquares out");
         const float* x = f32(n, "sumSquares x");
         if (!execute_) break;
+        const int blocks = (int)((n + kElemBlock - 1) / kElemBlock);
+        std::vector<double> part(blocks);
+        parallelElems(n, [&](size_t i0, size_t i1) { part[i0 / kElemBlock] = ops->sumSquares(x, i0, i1); });
         double s = 0;
-        for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+        for (double v : part) s += v;
         out[0] = (float)s;
         break;
       }
       case kAdamW: {
         const size_t n = dim("length");
-        const double lr = nextFloat(), b1 = nextFloat(), b2 = nextFloat(), eps = nextFloat(), decay = nextFloat(),
-                     bc1 = nextFloat(), bc2 = nextFloat(), gradScale = nextFloat();
+        double hp[8];
+        for (double& h : hp) h = nextFloat();  // lr, beta1, beta2, eps, decay, bc1, bc2, gradScale
         float* p = f32(n, "adamw params");
         const float* g = f32(n, "adamw grads");
         float* m = f32(n, "adamw m");
         float* v = f32(n, "adamw v");
-        if (!execute_) break;
-        // The same float64 expression, in the same order, as src/train/optimizer.ts.
-        parallelElems(n, [&](size_t i0, size_t i1) {
-          for (size_t i = i0; i < i1; i++) {
-            const double gi = gradScale == 1.0 ? (double)g[i] : (double)(float)((double)g[i] * gradScale);
-            const double mi = b1 * m[i] + (1 - b1) * gi;
-            const double vi = b2 * v[i] + (1 - b2) * gi * gi;
-            m[i] = (float)mi;
-            v[i] = (float)vi;
-            double pi = p[i];
-            if (decay != 0) pi -= decay * pi;
-            pi -= (lr * (mi / bc1)) / (std::sqrt(vi / bc2) + eps);
-            p[i] = (float)pi;
-          }
-        });
+        if (execute_) parallelElems(n, [&](size_t i0, size_t i1) { ops->adamw(hp, p, g, m, v, i0, i1); });
         break;
       }
       default:

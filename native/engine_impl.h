@@ -158,7 +158,37 @@ void crossEntropy(int vocab, float* logits, const int32_t* targets, double* rowL
   }
 }
 
-const EngineOps kOps = {EO_ISA, norm, normBackward, rope, silu, siluBackward, add, crossEntropy};
+double sumSquares(const float* x, size_t i0, size_t i1) {
+  double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  size_t i = i0;
+  for (; i + 8 <= i1; i += 8)
+    for (int j = 0; j < 8; j++) s[j] += (double)x[i + j] * x[i + j];
+  for (int j = 0; i < i1; i++, j++) s[j] += (double)x[i] * x[i];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+// hp: lr, beta1, beta2, eps, decay, bc1, bc2, gradScale. The same expression,
+// in the same order, as the tfjs engine; contraction into FMA is off so that
+// each operation rounds as written (IEEE division and square root are exact
+// to the last bit on every ISA), which keeps replicated parameters identical.
+__attribute__((optimize("fp-contract=off"))) void adamw(const double* hp, float* p, const float* g, float* m, float* v,
+                                                       size_t i0, size_t i1) {
+  const double lr = hp[0], b1 = hp[1], b2 = hp[2], eps = hp[3], decay = hp[4], bc1 = hp[5], bc2 = hp[6], gs = hp[7];
+  const double c1 = 1 - b1, c2 = 1 - b2;
+  for (size_t i = i0; i < i1; i++) {
+    const double gi = gs == 1.0 ? (double)g[i] : (double)(float)((double)g[i] * gs);
+    const double mi = b1 * m[i] + c1 * gi;
+    const double vi = b2 * v[i] + c2 * gi * gi;
+    m[i] = (float)mi;
+    v[i] = (float)vi;
+    double pi = p[i];
+    pi -= decay * pi;
+    pi -= (lr * (mi / bc1)) / (__builtin_sqrt(vi / bc2) + eps);
+    p[i] = (float)pi;
+  }
+}
+
+const EngineOps kOps = {EO_ISA, norm, normBackward, rope, silu, siluBackward, add, crossEntropy, sumSquares, adamw};
 
 }  // namespace
 }  // namespace EO_NS

@@ -26,6 +26,10 @@ struct EngineOps {
   // With grad, logits become gradScale * dloss/dlogits.
   void (*crossEntropy)(int vocab, float* logits, const int32_t* targets, double* rowLoss, int grad, float gradScale, int r0,
                        int r1);
+  // Sum of x[i]^2 over [i0, i1) in float64, in eight interleaved partial sums added in a fixed order.
+  double (*sumSquares)(const float* x, size_t i0, size_t i1);
+  // AdamW over [i0, i1), in float64 without contracted multiply-adds, so every variant gives the same bits.
+  void (*adamw)(const double* hp, float* p, const float* g, float* m, float* v, size_t i0, size_t i1);
 };
 
 const EngineOps* engineOpsPortable();
