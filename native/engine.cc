@@ -67,6 +67,7 @@ struct State {
   const EngineOps* ops = nullptr;
   std::string isa;
   int threads = 1;
+  GemmBlocking blocking{0, 0, 0};  // 0 = the SGEMM's defaults
 };
 
 struct Host {
@@ -252,7 +253,7 @@ class Program {
         g.lda = g.transA ? g.m : g.k;
         g.ldb = g.transB ? g.k : g.n;
         g.ldc = g.n;
-        if (execute_) sgemm(g, s_->threads, s_->isa.empty() ? nullptr : s_->isa.c_str());
+        if (execute_) sgemm(g, s_->threads, s_->isa.empty() ? nullptr : s_->isa.c_str(), s_->blocking);
         break;
       }
       case kRope: {
@@ -376,7 +377,7 @@ State* stateOf(const Napi::Value& v) {
   return v.As<Napi::External<State>>().Data();
 }
 
-// engineCreate({threads, isa?}) -> handle
+// engineCreate({threads, isa?, blocking?: {mc, kc, nc}}) -> handle
 Napi::Value Create(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsObject()) throw Napi::TypeError::New(env, "ringattn engine: engineCreate(options)");
@@ -389,6 +390,14 @@ Napi::Value Create(const Napi::CallbackInfo& info) {
   }
   s->threads = (int)threads;
   if (o.Get("isa").IsString()) s->isa = o.Get("isa").As<Napi::String>().Utf8Value();
+  if (o.Get("blocking").IsObject()) {
+    Napi::Object b = o.Get("blocking").As<Napi::Object>();
+    const auto field = [&](const char* name) {
+      const double v = b.Get(name).ToNumber().DoubleValue();
+      return v >= 1 && v <= (1 << 20) ? (int)v : 0;
+    };
+    s->blocking = {field("mc"), field("kc"), field("nc")};
+  }
   s->ops = pickOps(s->isa);
   if (!s->ops) {
     const std::string isa = s->isa;

@@ -89,7 +89,8 @@ describe('valid specs', () => {
     assert.equal(spec.runDir, 'runs');
     assert.equal(spec.backend, 'auto');
     assert.equal(spec.kernel, 'auto');
-    assert.equal(spec.threads, 1);
+    assert.equal(spec.threads, 'auto');
+    assert.equal(spec.engine, 'auto');
     assert.equal(spec.security, 'auto');
     assert.equal(spec.logLevel, 'info');
     assert.deepEqual(spec.hosts, [{ name: 'local', address: '127.0.0.1', slots: 2, launch: 'auto', env: {} }]);
@@ -103,7 +104,7 @@ describe('valid specs', () => {
       opTimeoutMs: 120000,
       maxMessageBytes: 2 ** 30,
     });
-    assert.deepEqual(spec.attention, { causal: true, layout: 'auto', tileQ: 128, tileKV: 128, overlap: true });
+    assert.deepEqual(spec.attention, { causal: true, layout: 'auto', tileQ: 'auto', tileKV: 'auto', overlap: true });
     assert.deepEqual(spec.model, {
       vocabSize: 256,
       dModel: 64,

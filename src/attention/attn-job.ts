@@ -1,9 +1,9 @@
+import { loadTunedKernel } from '../engine/tuning.js';
 import { workerThreads } from '../config/index.js';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../errors.js';
-import { loadKernel, type KernelName } from '../kernels/index.js';
 import type { JobDefinition } from '../launch/job.js';
 import { readNpyAs, writeNpy } from '../tensor/npy.js';
 import { selectBackend, type BackendWant } from '../tensor/backend.js';
@@ -93,7 +93,7 @@ export const attnJob: JobDefinition = {
     const dout = m.hasDout ? rest.shift() : undefined;
     const segments = m.hasSegments ? (rest.shift() as unknown as Int32Array) : undefined;
     await selectBackend(ctx.spec.backend as BackendWant);
-    const { kernel } = await loadKernel(ctx.spec.kernel as KernelName, { tileQ: ctx.spec.attention.tileQ, tileKV: ctx.spec.attention.tileKV, threads: workerThreads(ctx.spec, ctx.rank) });
+    const { kernel } = await loadTunedKernel(ctx.spec, { heads: m.heads, kvHeads: m.kvHeads, headDim: m.headDim, threads: workerThreads(ctx.spec, ctx.rank) });
     const cfg = {
       ring: ctx.ring,
       kernel,

@@ -1,3 +1,5 @@
+import { attentionTiles, loadTunedKernel } from '../engine/tuning.js';
+import { nativeInfo } from '../kernels/native.js';
 import { workerThreads } from '../config/index.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -8,7 +10,6 @@ import { shardPositions } from '../attention/layout.js';
 import { newRingStepStats, ringAttentionBackward, ringAttentionForward, type RingAttentionConfig } from '../attention/ring-attention.js';
 import { Trace, TRACK_TRANSFER, traceDocument, type TraceEvent } from '../attention/trace.js';
 import { UserError } from '../errors.js';
-import { loadKernel } from '../kernels/index.js';
 import { isFullyMasked } from '../kernels/mask.js';
 import { rowDelta } from '../kernels/merge.js';
 import type { BlockArgs, BlockPartial } from '../kernels/types.js';
@@ -113,8 +114,8 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
   const workersOnHost = Math.max(1, ctx.peers.filter((x) => x.host === ctx.host).length);
   checkHostFit(hostFit(ctx.host, workersOnHost, os.totalmem(), mem.memory.perWorkerBytes));
 
-  const { tileQ, tileKV } = spec.attention;
-  const loaded = await loadKernel(spec.kernel, { tileQ, tileKV, threads: workerThreads(spec, rank) });
+  const loaded = await loadTunedKernel(spec, { heads: H, kvHeads: G, headDim: D, threads: workerThreads(spec, rank) });
+  const { tileQ, tileKV } = loaded.tiles;
   if (loaded.kernel.name === 'tfjs') await selectBackend(spec.backend);
 
   // One array per block, kept: the kernel wrapper recognises a block by its positions array.
@@ -338,14 +339,20 @@ async function benchDriver(ctx: DriverContext): Promise<BenchReport> {
     mkdirSync(dirname(traceFile), { recursive: true });
     writeFileSync(traceFile, JSON.stringify(traceDocument(events, ctx.peers.map(({ rank, host }) => ({ rank, host })))));
   }
+  const tiles = await attentionTiles(ctx.spec.attention, ctx.spec.kernel === 'auto' && nativeInfo().available ? 'native' : ctx.spec.kernel, {
+    heads: p.heads,
+    kvHeads: p.kvHeads,
+    headDim: p.headDim,
+    threads: workerThreads(ctx.spec, 0),
+  });
   const report = buildReport({
     params: p,
     plan,
     spec: {
       name: ctx.spec.name,
       kernel: ctx.spec.kernel,
-      tileQ: ctx.spec.attention.tileQ,
-      tileKV: ctx.spec.attention.tileKV,
+      tileQ: tiles.tileQ,
+      tileKV: tiles.tileKV,
       threads: workerThreads(ctx.spec, 0),
       maxMessageBytes: ctx.spec.ring.maxMessageBytes,
     },

@@ -1,3 +1,4 @@
+import { loadTunedKernel } from '../engine/tuning.js';
 import { Command, type CommanderError } from 'commander';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -10,7 +11,6 @@ import { formatPlan, type BenchReport } from '../bench/report.js';
 import { formatSweep, parseSweep, sweepRow, writeSweep, type SweepRow } from '../bench/sweep.js';
 import { formatSize, parseSize, resolvedLaunch, specFromObject, workerThreads, worldSize, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
-import { loadKernel } from '../kernels/index.js';
 import { runJob } from '../launch/launcher.js';
 import { selectBackend } from '../tensor/backend.js';
 import { intFlag, resolveSpec } from './common.js';
@@ -99,8 +99,8 @@ function precheck(spec: ClusterSpec, p: BenchParams): HostFit[] {
 
 /** The kernel the workers will load, timed on tiles of the run's shape on this machine. */
 async function calibrateHere(spec: ClusterSpec, p: BenchParams, shardLen: number): Promise<{ kernel: string; calibration: Calibration }> {
-  const { tileQ, tileKV } = spec.attention;
-  const loaded = await loadKernel(spec.kernel, { tileQ, tileKV, threads: workerThreads(spec, 0) });
+  const loaded = await loadTunedKernel(spec, { heads: p.heads, kvHeads: p.kvHeads, headDim: p.headDim, threads: workerThreads(spec, 0) });
+  const { tileQ, tileKV } = loaded.tiles;
   if (loaded.kernel.name === 'tfjs') await selectBackend(spec.backend);
   const calibration = await calibrateKernel(loaded.kernel, p, { shardLen, tileQ, tileKV, backward: p.backward, targetMs: 60 });
   return { kernel: loaded.kernel.name, calibration };

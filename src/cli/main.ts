@@ -68,6 +68,12 @@ function formatDoctor(r: DoctorReport, spec: ClusterSpec): string {
     lines.push(`rank ${x.rank} (${x.host}): node ${x.node}, ring endpoint ${x.endpoint} bound, ${x.memoryGB.toFixed(1)} GiB memory`);
     for (const b of x.backends) lines.push(`  backend ${b.name.padEnd(14)} ${b.available ? (b.gpu ? 'usable (GPU)' : 'usable') : `unavailable: ${b.reason ?? ''}`}`);
     lines.push(`  attention kernel ${x.kernel}: ${x.kernelGflops.toFixed(1)} GFLOP/s forward (${x.kernelReason})`);
+    const t = x.tuning;
+    lines.push(
+      t.error
+        ? `  tuning: not measured (${t.error})`
+        : `  tuned for this host: attention tiles ${t.tiles?.tileQ}x${t.tiles?.tileKV}, GEMM blocking mc ${t.gemm?.mc} kc ${t.gemm?.kc} nc ${t.gemm?.nc} (${t.file})`,
+    );
   }
   lines.push(`ring of ${r.ranks.length} (base port ${spec.ring.basePort}): hop latency ${r.latencyUs.toFixed(0)} us`);
   for (const h of r.hops) lines.push(`  hop ${String(h.bytes / 2 ** 20).padStart(3)} MiB: ${h.ms.toFixed(2)} ms, ${h.gbps.toFixed(2)} GB/s`);
@@ -112,13 +118,13 @@ function generateCommand(): Command {
       const { resolveCheckpoint } = await import('../train/checkpoint.js');
       const { generate } = await import('../model/index.js');
       const { loadEngine } = await import('../engine/index.js');
-      const { loadKernel } = await import('../kernels/index.js');
+      const { loadTunedKernel } = await import('../engine/tuning.js');
       const { hostThreads } = await import('../config/index.js');
       const ckpt = resolveCheckpoint(opts.checkpoint);
       const spec = ckpt.spec as ClusterSpec;
       const threads = hostThreads(1);
       const { engine } = await loadEngine('auto', { threads });
-      const { kernel } = await loadKernel('auto', { tileQ: spec.attention.tileQ, tileKV: spec.attention.tileKV, threads });
+      const { kernel } = await loadTunedKernel({ ...spec, kernel: 'auto' }, { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads });
       const temperature = Number(opts.temperature);
       if (!(temperature >= 0)) throw new UserError(`--temperature: expected a number >= 0, got "${opts.temperature}"`);
       const prompt = Buffer.from(opts.prompt || '\n', 'utf8');

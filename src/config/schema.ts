@@ -139,8 +139,14 @@ const AttentionSchema = z
       .enum(['auto', 'contiguous', 'zigzag', 'striped'])
       .default('auto')
       .describe('How the tokens of a sequence are spread over the ranks. `auto`: zigzag when causal, else contiguous.'),
-    tileQ: posInt().default(128).describe('Query rows per kernel tile.'),
-    tileKV: posInt().default(128).describe('Key/value rows per kernel tile.'),
+    tileQ: z
+      .union([z.literal('auto'), posInt()])
+      .default('auto')
+      .describe('Query rows per kernel tile. `auto`: measured on each host at first use and cached (the native kernel; 128 for the others).'),
+    tileKV: z
+      .union([z.literal('auto'), posInt()])
+      .default('auto')
+      .describe('Key/value rows per kernel tile. `auto`: as for tileQ.'),
     overlap: z.boolean().default(true).describe('Send the next KV block while computing on the current one.'),
   })
   .describe('Ring attention.');

@@ -1,6 +1,7 @@
 import { UserError } from '../errors.js';
 import { selectBackend, type BackendWant } from '../tensor/backend.js';
 import { createNativeEngine, nativeEngineUnavailable } from './native.js';
+import { tunedGemm } from './tuning.js';
 import type { Engine } from './types.js';
 
 export type * from './types.js';
@@ -31,7 +32,7 @@ export async function loadEngine(name: EngineName, opts: EngineOptions): Promise
   if (!ENGINE_NAMES.includes(name)) throw new UserError(`unknown engine '${String(name)}' (choose one of: ${ENGINE_NAMES.join(', ')})`);
   if (!Number.isInteger(opts.threads) || opts.threads < 1) throw new UserError(`engine threads must be a positive integer, got ${opts.threads}`);
   const tfjs = async (why: string): Promise<LoadedEngine> => {
-    const backend = await selectBackend(opts.backend ?? 'auto');
+    await selectBackend(opts.backend ?? 'auto');
     const { createTfjsEngine } = await import('./tfjs.js');
     const engine = createTfjsEngine();
     return { engine, reason: `${engine.description} (${why})` };
@@ -40,8 +41,17 @@ export async function loadEngine(name: EngineName, opts: EngineOptions): Promise
   const missing = nativeEngineUnavailable();
   if (!missing) {
     try {
-      const engine = createNativeEngine({ threads: opts.threads });
-      return { engine, reason: `${engine.description} (${name === 'native' ? 'requested' : 'auto'})` };
+      let blocking: { mc: number; kc: number; nc: number } | undefined;
+      let tuned = '';
+      try {
+        const t = await tunedGemm({ threads: opts.threads });
+        blocking = t.value;
+        tuned = t.source === 'cached' ? ', tuned for this machine' : ', blocking measured on this machine just now';
+      } catch (e) {
+        tuned = `, default blocking (tuning failed: ${(e as Error).message.split('\n')[0]})`;
+      }
+      const engine = createNativeEngine({ threads: opts.threads, blocking });
+      return { engine, reason: `${engine.description}${tuned} (${name === 'native' ? 'requested' : 'auto'})` };
     } catch (e) {
       if (name === 'native') throw new UserError(`native engine unavailable: ${(e as Error).message.split('\n')[0]}`);
       return tfjs(`native engine skipped: ${(e as Error).message.split('\n')[0]}`);

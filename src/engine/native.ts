@@ -11,7 +11,7 @@ import type { AdamWArgs, Engine, IntTensor, MatmulShape, NormShape, RopeShape, T
  */
 
 interface EngineAddon {
-  engineCreate(opts: { threads: number; isa?: string }): unknown;
+  engineCreate(opts: { threads: number; isa?: string; blocking?: { mc: number; kc: number; nc: number } }): unknown;
   engineBind(handle: unknown, id: number, array: Float32Array | Int32Array | null): void;
   engineRun(handle: unknown, ints: Int32Array, nInts: number, floats: Float64Array, nFloats: number, hosts: (Float32Array | Int32Array)[]): Promise<void>;
   engineIsa(handle: unknown): string;
@@ -40,6 +40,8 @@ export interface NativeEngineOptions {
   threads: number;
   /** 'avx512' | 'avx2' | 'portable'; default RINGATTN_NATIVE_ISA, else the best the CPU runs. */
   isa?: string;
+  /** The SGEMM's cache blocking (src/engine/tuning.ts); default the SGEMM's own. */
+  blocking?: { mc: number; kc: number; nc: number };
 }
 
 /** Why the native engine cannot run here, or null when it can. */
@@ -56,7 +58,7 @@ export function createNativeEngine(opts: NativeEngineOptions): Engine {
   if (!Number.isInteger(opts.threads) || opts.threads < 1) throw new RangeError(`native engine: threads must be a positive integer, got ${opts.threads}`);
   const addon = loadAddon<EngineAddon>().addon!;
   const isa = opts.isa ?? (process.env.RINGATTN_NATIVE_ISA || undefined);
-  const handle = addon.engineCreate({ threads: opts.threads, ...(isa ? { isa } : {}) });
+  const handle = addon.engineCreate({ threads: opts.threads, ...(isa ? { isa } : {}), ...(opts.blocking ? { blocking: opts.blocking } : {}) });
   const arrays = new Map<number, Float32Array | Int32Array>();
   let nextId = 0;
 
@@ -113,7 +115,7 @@ export function createNativeEngine(opts: NativeEngineOptions): Engine {
 
   return {
     name: 'native',
-    description: `native ${addon.engineIsa(handle)}, ${opts.threads} thread${opts.threads === 1 ? '' : 's'}`,
+    description: `native ${addon.engineIsa(handle)}, ${opts.threads} thread${opts.threads === 1 ? '' : 's'}${opts.blocking ? `, GEMM blocking mc ${opts.blocking.mc} kc ${opts.blocking.kc}` : ''}`,
     floats(length) {
       return { kind: 'f32', id: bind(new Float32Array(length)), offset: 0, length };
     },

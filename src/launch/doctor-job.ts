@@ -4,6 +4,7 @@ import { loadKernel, type KernelName } from '../kernels/index.js';
 import { allReduceSum, barrier, ringPass } from '../ring/collectives.js';
 import { describeBackends } from '../tensor/backend.js';
 import { randn } from '../tensor/random.js';
+import { tunedGemm, tunedTiles, tuningFilePath } from '../engine/tuning.js';
 import type { JobDefinition } from './job.js';
 
 /**
@@ -22,6 +23,8 @@ export interface DoctorRankReport {
   kernelReason: string;
   kernelGflops: number;
   memoryGB: number;
+  /** Block sizes measured for this host (the first rank on each host measures; the others read them). */
+  tuning: { tiles?: { tileQ: number; tileKV: number }; gemm?: { mc: number; kc: number; nc: number }; file: string; error?: string };
 }
 
 export interface HopFigure {
@@ -62,8 +65,24 @@ export const doctorJob: JobDefinition = {
   kind: 'doctor',
   async worker(ctx) {
     const { ring, spec } = ctx;
+    const threads = workerThreads(spec, ctx.rank);
+    // The first rank of each host measures the block sizes afresh, alone on the host; the others then read them.
+    const measuresHere = ctx.peers.find((p) => p.host === ctx.host)?.rank === ctx.rank;
+    const dims = { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads };
+    const tuning: DoctorRankReport['tuning'] = { file: tuningFilePath() };
+    const tune = async (fresh: boolean) => {
+      try {
+        tuning.gemm = (await tunedGemm({ threads }, { fresh })).value;
+        tuning.tiles = (await tunedTiles(dims, { fresh })).value;
+      } catch (e) {
+        tuning.error = (e as Error).message.split('\n')[0];
+      }
+    };
+    if (measuresHere) await tune(true);
+    await barrier(ring);
+    if (!measuresHere) await tune(false);
     const backends = await describeBackends();
-    const k = await kernelRate(spec.kernel as KernelName, workerThreads(spec, ctx.rank));
+    const k = await kernelRate(spec.kernel as KernelName, threads);
     const report: DoctorRankReport = {
       rank: ctx.rank,
       host: ctx.host,
@@ -74,6 +93,7 @@ export const doctorJob: JobDefinition = {
       kernelReason: k.reason,
       kernelGflops: k.gflops,
       memoryGB: totalmem() / 2 ** 30,
+      tuning,
     };
     await ctx.result('report', report);
     await barrier(ring);

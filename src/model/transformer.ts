@@ -1,4 +1,4 @@
-import { slice, type Engine, type IntTensor, type NormShape, type Tensor } from '../engine/types.js';
+import { slice, type Engine, type NormShape, type Tensor } from '../engine/types.js';
 import { findSpec, headDimOf, paramSpecs } from './params.js';
 import { ropeTable } from './rope.js';
 import type { AttentionOp, ModelConfig, Shard } from './types.js';

@@ -1,8 +1,8 @@
+import { loadTunedKernel } from '../engine/tuning.js';
 import { shardPositions } from '../attention/layout.js';
 import { newRingStepStats, ringAttentionOp } from '../attention/ring-attention.js';
 import { workerThreads, type ClusterSpec } from '../config/index.js';
 import { loadEngine, type EngineName } from '../engine/index.js';
-import { loadKernel, type KernelName } from '../kernels/index.js';
 import type { AttentionKernel } from '../kernels/types.js';
 import type { Ring } from '../ring/transport.js';
 import type { JobDefinition } from '../launch/job.js';
@@ -53,7 +53,7 @@ export const trainJob: JobDefinition = {
     const threads = workerThreads(spec, ctx.rank);
     const { engine, reason: engineReason } = await loadEngine(spec.engine as EngineName, { threads, backend: spec.backend as BackendWant });
     if (spec.kernel === 'tfjs' || engine.name === 'tfjs') await selectBackend(spec.backend as BackendWant);
-    const { kernel, reason } = await loadKernel(spec.kernel as KernelName, { tileQ: spec.attention.tileQ, tileKV: spec.attention.tileKV, threads });
+    const { kernel, reason } = await loadTunedKernel(spec, { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads });
     ctx.log.info({ engine: engine.name, kernel: kernel.name, threads }, `compute: engine ${engineReason}; attention kernel ${kernel.name} (${reason})`);
     const result = await train(trainRingOn(ring, spec, kernel), spec, {
       engine,
