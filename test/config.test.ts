@@ -22,7 +22,9 @@ import {
   specFromObject,
   specHash,
   worldSize,
+  workerThreads,
 } from '../src/config/index.js';
+import { availableParallelism } from 'node:os';
 import { DOCS_FILE, SCHEMA_FILE, renderConfigDocs, renderJsonSchema } from '../scripts/gen-schema.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -319,6 +321,20 @@ describe('mistakes give file:line:col: path: message', () => {
 });
 
 describe('helpers', () => {
+  test('threads: auto shares each host\'s cores among the workers started on it', () => {
+    const cores = availableParallelism();
+    const spec = specFromObject({
+      hosts: [
+        { name: 'a', address: '127.0.0.1', slots: 2 },
+        { name: 'b', address: '127.0.0.2', slots: 3 },
+      ],
+    });
+    assert.equal(spec.threads, 'auto');
+    assert.equal(workerThreads(spec, 0), Math.max(1, Math.floor(cores / 2)));
+    assert.equal(workerThreads(spec, 4), Math.max(1, Math.floor(cores / 3)));
+    assert.equal(workerThreads({ ...spec, threads: 5 }, 4), 5);
+    assert.equal(workerThreads(specFromObject({ hosts: [{ name: 'a', address: '127.0.0.1', slots: 64 }] }), 0), 1, 'never below one thread');
+  });
   test('isLoopback and isHostOrIp', () => {
     for (const a of ['127.0.0.1', '127.1.2.3', '::1', 'localhost', 'LOCALHOST', '::ffff:127.0.0.1', '[::1]']) assert.ok(isLoopback(a), a);
     for (const a of ['10.0.0.1', '192.0.2.10', '0.0.0.0', '::', 'example.org', '128.0.0.1', '::2']) assert.ok(!isLoopback(a), a);
