@@ -301,7 +301,7 @@ describe('damaged checkpoints, end to end', () => {
       writeFileSync(p, buf);
     }
     const r = await train(['--config', file, '--run-dir', runDir, '--resume']);
-    assert.equal(r.code, 1);
+    assert.equal(r.code, 2, "a damaged checkpoint is the user's to fix: exit 2");
     assert.match(r.stderr, /ringattn: job train failed: rank 0 \(local\) no valid checkpoint in .*: checksum mismatch in .*adam-v\.bin;/);
     assert.deepEqual(workerPids(port), []);
     const g = await runCli(['generate', '--checkpoint', path.join(runDir, `ckpt-${STEPS}`), '--tokens', '4']);
