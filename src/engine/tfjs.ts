@@ -34,13 +34,15 @@ export function createTfjsEngine(): Engine {
     const C = need('matmul c', c, m * n);
     const A = need('matmul a', a, m * k);
     const B = need('matmul b', b, k * n);
-    const out = tf.tidy(() => {
+    // The result is copied out inside tidy and not returned from it: tidy walks a
+    // returned value looking for tensors, element by element for a typed array.
+    tf.tidy(() => {
       const ta = s.transA ? tf.transpose(tf.tensor2d(A.subarray(0, m * k), [k, m])) : tf.tensor2d(A.subarray(0, m * k), [m, k]);
       const tb = s.transB ? tf.transpose(tf.tensor2d(B.subarray(0, k * n), [n, k])) : tf.tensor2d(B.subarray(0, k * n), [k, n]);
-      return tf.matMul(ta, tb).dataSync() as Float32Array;
+      const out = tf.matMul(ta, tb).dataSync() as Float32Array;
+      if (s.accumulate) for (let i = 0; i < m * n; i++) C[i] += out[i];
+      else C.set(out);
     });
-    if (s.accumulate) for (let i = 0; i < m * n; i++) C[i] += out[i];
-    else C.set(out);
   }
 
   function normStats(kind: NormShape['kind'], x: Float32Array, r: number, d: number, eps: number): { mean: number; rstd: number } {
