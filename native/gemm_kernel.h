@@ -19,6 +19,15 @@
 namespace ringattn {
 namespace gemm {
 
+// Memory the macro-kernel should bring into L2 while it computes (the operands
+// of the packs that follow it): `rows` rows of rowBytes bytes, `stride` bytes
+// apart, from base. Prefetching has no effect on results.
+struct PrefetchRegion {
+  const char* base;
+  long stride, rowBytes;
+  int rows;
+};
+
 struct Variant {
   const char* isa;
   int mr, nr;      // register tile
@@ -38,8 +47,9 @@ struct Variant {
   // of `rows` rows and Bp the first of ceil(cols / NR) packed B micro-panels, bStride apart,
   // both of depth kc. Each element gets its kc products summed in k order starting from
   // zero, then added to C once: the result does not depend on where the tile lies.
+  // Meanwhile the lines of pf[0 .. nPf) are prefetched into L2, spread over the whole call.
   void (*macro)(int rows, int cols, int kc, const float* ap, const float* bp, long bStride, float* c, long ldc,
-                int accumulate);
+                int accumulate, const PrefetchRegion* pf, int nPf);
 };
 
 const Variant* variantPortable();
