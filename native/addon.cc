@@ -280,6 +280,7 @@ class KernelWorker : public Napi::AsyncWorker {
   Napi::Promise promise() const { return deferred_.Promise(); }
 
   void Execute() override {
+    FlushDenormals flush;
     try {
       if (call_.p.qLen == 0 || call_.p.kvLen == 0) {
         if (!backward_) {

@@ -355,6 +355,7 @@ class RunWorker : public Napi::AsyncWorker {
         keep_(std::move(keep)) {}
   Napi::Promise promise() const { return deferred_.Promise(); }
   void Execute() override {
+    FlushDenormals flush;
     try {
       prog_->run();
     } catch (const std::bad_alloc&) {

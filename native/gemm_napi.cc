@@ -14,6 +14,7 @@
 
 #include "gemm.h"
 #include "gemm_kernel.h"
+#include "runtime.h"
 
 namespace ringattn {
 namespace {
@@ -144,6 +145,7 @@ class GemmWorker : public Napi::AsyncWorker {
   Napi::Promise promise() const { return deferred_.Promise(); }
 
   void Execute() override {
+    FlushDenormals flush;
     const std::string err = runCall(call_);
     if (!err.empty()) SetError(prefixed(err));
   }
@@ -165,7 +167,11 @@ Napi::Value Sgemm(const Napi::CallbackInfo& info) {
 
 Napi::Value SgemmSync(const Napi::CallbackInfo& info) {
   GemmCall call = parseCall(info, "sgemmSync");
-  const std::string err = runCall(call);
+  std::string err;
+  {
+    FlushDenormals flush;  // restored before JavaScript runs again
+    err = runCall(call);
+  }
   if (!err.empty()) throw Napi::Error::New(info.Env(), prefixed(err));
   return info.Env().Undefined();
 }

@@ -15,7 +15,36 @@
 #include <utility>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
 namespace ringattn {
+
+// Subnormal floats cost about a hundred times a normal operation on x86. They
+// appear as training sharpens attention: softmax weights near 2^-126 times a
+// value, or times a gradient, land below the normal range. Flushing them to
+// zero changes results by less than 1e-38 absolute. Every thread that runs the
+// addon's arithmetic holds one of these (pool threads for their whole life).
+class FlushDenormals {
+ public:
+  FlushDenormals() {
+#if defined(__x86_64__) || defined(__i386__)
+    saved_ = _mm_getcsr();
+    _mm_setcsr(saved_ | 0x8040);  // FTZ (bit 15) and DAZ (bit 6)
+#endif
+  }
+  ~FlushDenormals() {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_setcsr(saved_);
+#endif
+  }
+  FlushDenormals(const FlushDenormals&) = delete;
+  FlushDenormals& operator=(const FlushDenormals&) = delete;
+
+ private:
+  unsigned saved_ = 0;
+};
 // ---------------------------------------------------------------------------
 // A small persistent pool. A parallel loop hands out task indices through an
 // atomic counter; the calling thread works too, and each participant gets a
@@ -82,6 +111,7 @@ class Pool {
   };
 
   void workerMain() {
+    FlushDenormals flush;
     for (;;) {
       Entry e;
       {
