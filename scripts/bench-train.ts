@@ -2,14 +2,17 @@
  * npm run bench:train — training throughput and MFU of real `ringattn train`
  * runs on a localhost ring, per config and compute engine.
  *
- *   node --import tsx scripts/bench-train.ts [--configs demo,long] [--engines native,tfjs]
- *                                            [--steps demo=30,long=4] [--json]
+ *   node --import tsx scripts/bench-train.ts [--configs demo,long] [--engines native,tfjs,tfjs-all]
+ *                                            [--steps demo=40,long=4] [--json]
  *
  * Configs: `demo` is configs/localhost.yaml as shipped; `long` is 2 workers,
  * 16K tokens per step, d=256, 4 layers, 8 heads. Each run's metrics.jsonl gives
  * the medians of the steps after the first quarter (warm-up), split into
  * attention (kernel time), other compute (the engine's model ops), ring wait,
- * all-reduce and optimizer.
+ * all-reduce and optimizer. Engines: `native`; `tfjs` (the tfjs engine on the
+ * wasm backend, attention still on the native kernel: the engines compared
+ * alone); `tfjs-all` (tfjs engine and tfjs attention kernel: a host where the
+ * addon cannot build).
  *
  * MFU = model FLOPs per step / step time / the machine's fp32 GEMM rate on all
  * cores, measured in the same run: numpy's 2048^3 matmul (OpenBLAS, with
@@ -36,6 +39,7 @@ const arg = (name: string, dflt: string): string => {
 };
 const configNames = arg('--configs', 'demo,long').split(',');
 const engines = arg('--engines', 'native,tfjs').split(',');
+for (const e of engines) if (!['native', 'tfjs', 'tfjs-all'].includes(e)) throw new Error(`bench-train: unknown engine "${e}" (native, tfjs, tfjs-all)`);
 const stepsFor = Object.fromEntries(
   arg('--steps', 'demo=40,long=4')
     .split(',')
@@ -120,8 +124,10 @@ try {
     for (const engine of engines) {
       const specFile = path.join(dir, `${config}-${engine}.yaml`);
       const { runDir: _r, ...rest } = base;
-      const backend = engine === 'tfjs' ? 'wasm' : base.backend;
-      writeFileSync(specFile, stringify({ ...rest, engine, backend, train: { ...base.train, steps, checkpointEvery: 0, evalEvery: 0 } }));
+      const backend = engine === 'native' ? base.backend : 'wasm';
+      const kernel = engine === 'tfjs-all' ? 'tfjs' : base.kernel;
+      const engineName = engine === 'native' ? 'native' : 'tfjs';
+      writeFileSync(specFile, stringify({ ...rest, engine: engineName, kernel, backend, train: { ...base.train, steps, checkpointEvery: 0, evalEvery: 0 } }));
       const runDir = path.join(dir, `${config}-${engine}`);
       const r = spawnSync(process.execPath, [path.join(ROOT, 'bin', 'ringattn.js'), 'train', '--config', specFile, '--run-dir', runDir, '--quiet'], { encoding: 'utf8' });
       if (r.status !== 0) throw new Error(`train ${config} on engine ${engine} failed:\n${r.stderr}`);
@@ -168,7 +174,9 @@ if (process.argv.includes('--json')) {
   }
   for (const c of configNames) {
     const n = rows.find((r) => r.config === c && r.engine === 'native');
-    const t = rows.find((r) => r.config === c && r.engine === 'tfjs');
-    if (n && t) console.log(`${c}: native engine ${(n.tokensPerSec / t.tokensPerSec).toFixed(1)}x the tfjs engine (wasm) in tokens/s`);
+    for (const other of ['tfjs', 'tfjs-all']) {
+      const t = rows.find((r) => r.config === c && r.engine === other);
+      if (n && t) console.log(`${c}: native ${(n.tokensPerSec / t.tokensPerSec).toFixed(1)}x ${other} in tokens/s`);
+    }
   }
 }
