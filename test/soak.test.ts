@@ -16,7 +16,7 @@ const tmp = mkdtempSync(path.join(tmpdir(), 'ra-soak-'));
 after(() => rmSync(tmp, { recursive: true, force: true }));
 
 it('a short soak keeps every process at a flat count of open file descriptors', { timeout: 120000 }, async () => {
-  const r = await runSoak({ steps: 240, workers: 2, intervalMs: 250, checkpointEvery: 10, runDir: path.join(tmp, 'soak'), log: () => undefined });
+  const r = await runSoak({ steps: 400, workers: 2, intervalMs: 60, checkpointEvery: 10, runDir: path.join(tmp, 'soak'), log: () => undefined });
   console.log(formatSoak(r));
   assert.deepEqual(r.fits.map((f) => f.proc).sort(), ['launcher', 'rank 0', 'rank 1']);
   const late = r.samples.filter((s) => s.step >= r.steps * 0.1);
