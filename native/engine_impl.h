@@ -31,22 +31,29 @@ inline float expApprox(float x) {
   return p * scale;
 }
 
+// A row's mean (0 for RMSNorm) and 1 / sqrt(mean((x - mean)^2) + eps).
+inline void rowStats(int layer, int dim, float eps, const float* xr, float* mean, float* rstd) {
+  float m = 0.0f;
+  if (layer) {
+    float s = 0.0f;
+    for (int j = 0; j < dim; j++) s += xr[j];
+    m = s / dim;
+  }
+  float ss = 0.0f;
+  for (int j = 0; j < dim; j++) {
+    const float c = xr[j] - m;
+    ss += c * c;
+  }
+  *mean = m;
+  *rstd = 1.0f / __builtin_sqrtf(ss / dim + eps);
+}
+
 void norm(int layer, int dim, float eps, float* out, const float* x, const float* w, const float* b, int r0, int r1) {
   for (int r = r0; r < r1; r++) {
     const float* xr = x + (size_t)r * dim;
     float* yr = out + (size_t)r * dim;
-    float mean = 0.0f;
-    if (layer) {
-      float s = 0.0f;
-      for (int j = 0; j < dim; j++) s += xr[j];
-      mean = s / dim;
-    }
-    float ss = 0.0f;
-    for (int j = 0; j < dim; j++) {
-      const float c = xr[j] - mean;
-      ss += c * c;
-    }
-    const float rstd = 1.0f / __builtin_sqrtf(ss / dim + eps);
+    float mean, rstd;
+    rowStats(layer, dim, eps, xr, &mean, &rstd);
     if (layer) {
       for (int j = 0; j < dim; j++) yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
     } else {
@@ -68,18 +75,8 @@ void normBackward(int layer, int dim, float eps, float* dx, float* pdw, float* p
     const float* xr = x + (size_t)r * dim;
     const float* dy = dOut + (size_t)r * dim;
     float* dxr = dx + (size_t)r * dim;
-    float mean = 0.0f;
-    if (layer) {
-      float s = 0.0f;
-      for (int j = 0; j < dim; j++) s += xr[j];
-      mean = s / dim;
-    }
-    float ss = 0.0f;
-    for (int j = 0; j < dim; j++) {
-      const float c = xr[j] - mean;
-      ss += c * c;
-    }
-    const float rstd = 1.0f / __builtin_sqrtf(ss / dim + eps);
+    float mean, rstd;
+    rowStats(layer, dim, eps, xr, &mean, &rstd);
     float sg = 0.0f, sgx = 0.0f;
     for (int j = 0; j < dim; j++) {
       const float xh = (xr[j] - mean) * rstd;
