@@ -9,7 +9,7 @@ import type { AttentionOp, ModelConfig } from '../../src/model/types.js';
  * rank has made its k-th call (the same rendezvous the ring imposes), then each
  * rank's queries attend to the KV of all ranks in a single reference-kernel
  * call; in backward, each rank's dk/dv contributions are summed into the
- * owning rank's slice. Exact, so N concurrent shardForwardBackward calls must
+ * owning rank's slice. Exact, so N concurrent model.step calls must
  * reproduce the unsharded model.
  */
 export function inProcessRing(cfg: ModelConfig, positions: Int32Array[]): AttentionOp[] {
