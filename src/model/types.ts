@@ -56,11 +56,3 @@ export interface Shard {
   /** Global token positions (from the layout): rotary positions use these. */
   positions: Int32Array;
 }
-
-/** Result of forward+backward on one shard. `lossSum` is the sum of token losses on this shard. */
-export interface ShardStep {
-  lossSum: number;
-  tokens: number;
-  /** dL/dparams of `lossSum * lossScale`, same layout as Params.flat. */
-  grads: Float32Array;
-}
