@@ -11,3 +11,7 @@ export { Trace, traceDocument } from './attention/trace.js';
 export { runJob, LaunchError, type LaunchOptions, type JobOutcome } from './launch/launcher.js';
 export { readNpy, readNpyAs, writeNpy } from './tensor/npy.js';
 export { selectBackend } from './tensor/backend.js';
+export { loadEngine, slice, type Engine, type EngineName, type Tensor, type IntTensor } from './engine/index.js';
+export { createNativeEngine } from './engine/native.js';
+export { createTfjsEngine } from './engine/tfjs.js';
+export { createModel, initParams, paramSpecs, localAttention, generate, type Model, type ModelConfig, type Params } from './model/index.js';
