@@ -1,4 +1,4 @@
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { cpus, homedir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { loadKernel, type KernelName, type LoadedKernel } from '../kernels/index.js';
@@ -91,7 +91,8 @@ async function cached<T extends Tiles | GemmBlocking>(
       break;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      const stale = existsSync(lock) && Date.now() - statSync(lock, { throwIfNoEntry: false })!.mtimeMs > 60_000;
+      const held = statSync(lock, { throwIfNoEntry: false });
+      const stale = held !== undefined && Date.now() - held.mtimeMs > 60_000;
       if (stale || waited > 30_000) {
         rmSync(lock, { force: true });
         continue;
