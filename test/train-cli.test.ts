@@ -15,7 +15,7 @@ test('ringattn train --config configs/ci.yaml writes every run-directory artifac
   const runDir = path.join(tmp, 'run');
   const r = await runCli(['train', '--config', CI_SPEC, '--run-dir', runDir], { timeoutMs: 300000 });
   assert.equal(r.code, 0, r.stderr);
-  assert.match(r.stdout, /^trained 4 steps, final loss \d+\.\d+; run directory /);
+  assert.match(r.stdout, /^trained 4 steps, final loss \d+\.\d+ \(eval \d+\.\d+\); run directory /);
   assert.match(r.stderr, /\[rank 1 local\] INFO compute: engine (native \w+, 1 thread|tfjs)/);
   assert.match(r.stderr, /step 4\/4 \| loss/);
   const files = readdirSync(runDir).sort();

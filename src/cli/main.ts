@@ -36,9 +36,10 @@ function trainCommand(): Command {
         { kind: 'train', args: { resume: !!opts.resume } },
         { runDir: opts.runDir, quiet: opts.quiet, ranks: parseRanks(opts.ranks), maxRestarts, restartArgs: (args) => ({ ...args, resume: true }) },
       );
-      const r = value as { finalLoss: number; steps: number };
+      const r = value as { finalLoss: number; steps: number; evalLoss?: number };
       const again = restarts > 0 ? ` after ${restarts} restart${restarts === 1 ? '' : 's'}` : '';
-      process.stdout.write(`trained ${r.steps} steps${again}, final loss ${r.finalLoss.toFixed(4)}; run directory ${runDir}\n`);
+      const evalNote = r.evalLoss !== undefined ? ` (eval ${r.evalLoss.toFixed(4)})` : '';
+      process.stdout.write(`trained ${r.steps} steps${again}, final loss ${r.finalLoss.toFixed(4)}${evalNote}; run directory ${runDir}\n`);
     });
 }
 

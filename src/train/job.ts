@@ -8,7 +8,7 @@ import type { Ring } from '../ring/transport.js';
 import type { JobDefinition } from '../launch/job.js';
 import { allReduceSum } from '../ring/collectives.js';
 import { selectBackend, type BackendWant } from '../tensor/backend.js';
-import { resolveLayout, train, type TrainRing } from './loop.js';
+import { resolveLayout, train, type TrainResult, type TrainRing } from './loop.js';
 import type { StepMetrics } from './metrics.js';
 import { Progress } from './progress.js';
 
@@ -76,7 +76,7 @@ export const trainJob: JobDefinition = {
     let finished = false;
     const final = ctx.result(0, 'final').then((r) => {
       finished = true;
-      return r.value as { finalLoss: number; steps: number };
+      return r.value as TrainResult;
     });
     // Steps arrive until the final result; each one redraws the progress line.
     // One reaction on `final` for the whole run, not one per step.

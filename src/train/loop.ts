@@ -61,6 +61,12 @@ export interface TrainResult {
   finalLoss: number;
   /** Completed updates, counting those before a resume. */
   steps: number;
+  /**
+   * The last held-out loss measured in this run, if any: one training window can
+   * be far from the rest (the built-in corpus holds emoji tables), the held-out
+   * windows are always the same ones.
+   */
+  evalLoss?: number;
 }
 
 export const SPEC_FILE = 'spec.json';
@@ -265,6 +271,7 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
   let startStep = 0;
   let dataSeed = t.seed;
   let finalLoss = NaN;
+  let lastEval: number | undefined;
   const resumed = opts.resume ? await resumeFromCheckpoint(ring, spec, opts, params, opt) : null;
   if (resumed) {
     startStep = resumed.step;
@@ -354,6 +361,7 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
       let evalLoss: number | undefined;
       if (doEval && (step % t.evalEvery === 0 || step === t.steps)) {
         evalLoss = await evaluate(ring, model, data, positions, attn, evalCount, dataSeed);
+        lastEval = evalLoss;
       }
 
       const stepMs = performance.now() - t0;
@@ -402,5 +410,5 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
   } finally {
     progress?.done();
   }
-  return { finalLoss, steps: step };
+  return { finalLoss, steps: step, ...(lastEval !== undefined ? { evalLoss: lastEval } : {}) };
 }
