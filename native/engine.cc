@@ -132,6 +132,20 @@ class Program {
     return f32(len, what);
   }
 
+  // Rows of `dim` floats in the next tensor's buffer from its offset on (an
+  // embedding table's vocabulary), without consuming the tensor.
+  size_t tableRows(int dim) const {
+    if (pos_ + 1 >= ints_.size() || dim <= 0) return 0;
+    const int32_t id = ints_[pos_], off = ints_[pos_ + 1];
+    if (id < 0 || (size_t)id >= slots_.size() || off < 0 || (size_t)off > slots_[id].n) return 0;
+    return (slots_[id].n - off) / dim;
+  }
+  static void checkTokens(const int32_t* tok, int rows, size_t vocab, const char* what) {
+    for (int i = 0; i < rows; i++)
+      if (tok[i] < 0 || (size_t)tok[i] >= vocab)
+        throw std::runtime_error(std::string(what) + ": token id " + std::to_string(tok[i]) + " outside the table of " + std::to_string(vocab));
+  }
+
   void parallelRows(int rows, size_t perRow, const std::function<void(int, int)>& fn) {
     const int blocks = (rows + kRowBlock - 1) / kRowBlock;
     const int threads = (size_t)rows * perRow < (1 << 15) ? 1 : s_->threads;
@@ -171,14 +185,11 @@ class Program {
       case kEmbed: {
         const int rows = dim("rows"), d = dim("dim");
         float* out = f32((size_t)rows * d, "embed out");
-        const int32_t id = ints_[pos_];
-        const size_t vocab = id >= 0 && (size_t)id < slots_.size() && d > 0 ? (slots_[id].n - ints_[pos_ + 1]) / d : 0;
+        const size_t vocab = tableRows(d);
         const float* table = f32(vocab * d, "embed table");
         const int32_t* tok = i32(rows, "embed tokens");
         if (!execute_) break;
-        for (int i = 0; i < rows; i++)
-          if (tok[i] < 0 || (size_t)tok[i] >= vocab)
-            throw std::runtime_error("embed: token id " + std::to_string(tok[i]) + " outside the table of " + std::to_string(vocab));
+        checkTokens(tok, rows, vocab, "embed");
         parallelRows(rows, d, [&](int r0, int r1) {
           for (int i = r0; i < r1; i++) std::memcpy(out + (size_t)i * d, table + (size_t)tok[i] * d, d * sizeof(float));
         });
@@ -186,14 +197,13 @@ class Program {
       }
       case kEmbedBackward: {
         const int rows = dim("rows"), d = dim("dim");
-        const int32_t id = ints_[pos_];
-        const size_t vocab = id >= 0 && (size_t)id < slots_.size() && d > 0 ? (slots_[id].n - ints_[pos_ + 1]) / d : 0;
+        const size_t vocab = tableRows(d);
         float* dTable = f32(vocab * d, "embedBackward table");
         const float* dOut = f32((size_t)rows * d, "embedBackward dOut");
         const int32_t* tok = i32(rows, "embedBackward tokens");
         if (!execute_) break;
+        checkTokens(tok, rows, vocab, "embedBackward");
         for (int i = 0; i < rows; i++) {
-          if (tok[i] < 0 || (size_t)tok[i] >= vocab) throw std::runtime_error("embedBackward: token id out of range");
           float* dst = dTable + (size_t)tok[i] * d;
           const float* src = dOut + (size_t)i * d;
           for (int j = 0; j < d; j++) dst[j] += src[j];

@@ -17,36 +17,11 @@
 // per thread count, with OPENBLAS_NUM_THREADS set to it and OPENBLAS_CORETYPE /
 // OPENBLAS_L2_SIZE removed from that child's environment only, so OpenBLAS
 // picks its kernel for this CPU itself.
-import { existsSync, readFileSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
+import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
+import { loadGemm, type SgemmArgs } from '../src/engine/addon.js';
 import { Numpy } from './numpy-gemm.js';
 
-interface SgemmArgs {
-  m: number;
-  n: number;
-  k: number;
-  transA: boolean;
-  transB: boolean;
-  a: Float32Array;
-  lda: number;
-  b: Float32Array;
-  ldb: number;
-  c: Float32Array;
-  ldc: number;
-  beta: 0 | 1;
-  threads: number;
-  isa?: string;
-  kc?: number;
-  mc?: number;
-  nc?: number;
-}
-interface GemmAddon {
-  sgemm(args: SgemmArgs): Promise<void>;
-  sgemmSync(args: SgemmArgs): void;
-  gemmIsas(): string[];
-}
 
 const { values } = parseArgs({
   options: {
@@ -79,16 +54,12 @@ const blocking = {
   ...(values.nc ? { nc: Number(values.nc) } : {}),
 };
 
-const addonPath = fileURLToPath(new URL('../build/Release/ringattn_native.node', import.meta.url));
-if (!existsSync(addonPath)) {
-  console.error(`bench-gemm: ${addonPath} missing; run \`node scripts/build-native.mjs\``);
+const { gemm, reason } = loadGemm();
+if (!gemm) {
+  console.error(`bench-gemm: ${reason}`);
   process.exit(1);
 }
-const addon = createRequire(import.meta.url)(addonPath) as GemmAddon;
-if (typeof addon.sgemm !== 'function') {
-  console.error('bench-gemm: the addon has no sgemm; rebuild it with `node scripts/build-native.mjs`');
-  process.exit(1);
-}
+const addon = gemm;
 const isa = values.isa ?? addon.gemmIsas()[0];
 
 function cpuInfo(): { model: string; avx512f: boolean; avx2: boolean; fma: boolean; cores: number } {

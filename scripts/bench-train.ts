@@ -28,7 +28,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { loadSpec, specFromObject, type ClusterSpec } from '../src/config/index.js';
-import { loadAddon } from '../src/engine/addon.js';
+import { loadGemm } from '../src/engine/addon.js';
 import { headDimOf, paramCount } from '../src/model/index.js';
 import { numpyMatmulRate } from './numpy-gemm.js';
 
@@ -79,8 +79,8 @@ async function gemmCeiling(): Promise<GemmCeiling> {
   const threads = availableParallelism();
   const np = await numpyMatmulRate(threads, 2048, 10);
   if (!('error' in np)) return { gflops: np.gflops, source: `numpy ${np.numpy} fp32 2048³ on ${threads} threads, best of 10, OpenBLAS kernel ${np.kernel}` };
-  const { addon } = loadAddon<{ sgemmSync(a: object): void }>();
-  if (!addon) throw new Error(`bench-train: neither numpy (${np.error}) nor the engine's SGEMM is available`);
+  const { gemm: addon, reason } = loadGemm();
+  if (!addon) throw new Error(`bench-train: neither numpy (${np.error}) nor the engine's SGEMM (${reason}) is available`);
   const n = 2048;
   const a = new Float32Array(n * n).fill(0.5);
   const c = new Float32Array(n * n);

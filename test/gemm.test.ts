@@ -5,43 +5,13 @@
 //
 //   node --import tsx --test test/gemm.test.ts
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
 import { describe, it } from 'node:test';
-import { fileURLToPath } from 'node:url';
+import { loadGemm, type GemmAddon, type SgemmArgs } from '../src/engine/addon.js';
 
-interface SgemmArgs {
-  m: number;
-  n: number;
-  k: number;
-  transA: boolean;
-  transB: boolean;
-  a: Float32Array;
-  lda: number;
-  b: Float32Array;
-  ldb: number;
-  c: Float32Array;
-  ldc: number;
-  beta: number;
-  threads: number;
-  isa?: string;
-  kc?: number;
-  mc?: number;
-  nc?: number;
-}
-interface GemmAddon {
-  sgemm(args: SgemmArgs): Promise<void>;
-  sgemmSync(args: SgemmArgs): void;
-  gemmIsas(): string[];
-}
 
 // The addon is built at install; a missing addon fails here unless the build
 // was skipped on purpose.
-const addonPath = fileURLToPath(new URL('../build/Release/ringattn_native.node', import.meta.url));
-let addon: GemmAddon | undefined;
-let why = '';
-if (existsSync(addonPath)) addon = createRequire(import.meta.url)(addonPath) as GemmAddon;
-else why = `${addonPath} missing`;
+const { gemm: addon, reason: why = '' } = loadGemm();
 const skip = !addon && process.env.RINGATTN_SKIP_NATIVE ? `RINGATTN_SKIP_NATIVE is set: ${why}` : false;
 
 function native(): GemmAddon {

@@ -44,3 +44,40 @@ export function loadAddon<T>(): { addon?: T; reason?: string } {
   }
   return cached as { addon?: T; reason?: string };
 }
+
+/** The SGEMM's calls (native/gemm_napi.cc): C (+)= op(A) op(B), row-major. */
+export interface SgemmArgs {
+  m: number;
+  n: number;
+  k: number;
+  transA: boolean;
+  transB: boolean;
+  a: Float32Array;
+  lda: number;
+  b: Float32Array;
+  ldb: number;
+  c: Float32Array;
+  ldc: number;
+  /** 0: C = op(A) op(B); 1: C += op(A) op(B). */
+  beta: number;
+  threads: number;
+  isa?: string;
+  /** Cache blocking overrides; absent = the variant's defaults. */
+  kc?: number;
+  mc?: number;
+  nc?: number;
+}
+
+export interface GemmAddon {
+  sgemm(args: SgemmArgs): Promise<void>;
+  sgemmSync(args: SgemmArgs): void;
+  gemmIsas(): string[];
+}
+
+/** The addon's SGEMM, or why it cannot be had. */
+export function loadGemm(): { gemm?: GemmAddon; reason?: string } {
+  const { addon, reason } = loadAddon<Partial<GemmAddon>>();
+  if (!addon) return { reason: reason ?? 'native addon unavailable' };
+  if (typeof addon.sgemmSync !== 'function') return { reason: 'the native addon was built without the SGEMM; rebuild it (node scripts/build-native.mjs)' };
+  return { gemm: addon as GemmAddon };
+}

@@ -52,6 +52,11 @@ export function nativeEngineUnavailable(): string | null {
   return null;
 }
 
+function doubled<A extends Int32Array | Float64Array>(old: A, grown: A): A {
+  grown.set(old);
+  return grown;
+}
+
 export function createNativeEngine(opts: NativeEngineOptions): Engine {
   const why = nativeEngineUnavailable();
   if (why) throw new Error(why);
@@ -70,20 +75,20 @@ export function createNativeEngine(opts: NativeEngineOptions): Engine {
   let running: Promise<void> = Promise.resolve();
 
   const pushInt = (x: number): void => {
-    if (nInts === ints.length) {
-      const grown = new Int32Array(ints.length * 2);
-      grown.set(ints);
-      ints = grown;
-    }
+    if (nInts === ints.length) ints = doubled(ints, new Int32Array(ints.length * 2));
     ints[nInts++] = x;
   };
   const pushFloat = (x: number): void => {
-    if (nFloats === floats.length) {
-      const grown = new Float64Array(floats.length * 2);
-      grown.set(floats);
-      floats = grown;
-    }
+    if (nFloats === floats.length) floats = doubled(floats, new Float64Array(floats.length * 2));
     floats[nFloats++] = x;
+  };
+  // A host array copied into dst when the list runs; kept alive until then.
+  const pushWrite = (op: number, dst: Tensor | IntTensor, src: Float32Array | Int32Array): void => {
+    pushInt(op);
+    pushInt(src.length);
+    pushT(dst);
+    pushInt(hosts.length);
+    hosts.push(src);
   };
   const pushT = (t: Tensor | IntTensor | null): void => {
     if (t === null) {
@@ -123,20 +128,8 @@ export function createNativeEngine(opts: NativeEngineOptions): Engine {
       return { kind: 'i32', id: bind(new Int32Array(length)), offset: 0, length };
     },
     bufferCount: () => arrays.size,
-    write(dst, src) {
-      pushInt(OP.write);
-      pushInt(src.length);
-      pushT(dst);
-      pushInt(hosts.length);
-      hosts.push(src);
-    },
-    writeInts(dst, src) {
-      pushInt(OP.writeInts);
-      pushInt(src.length);
-      pushT(dst);
-      pushInt(hosts.length);
-      hosts.push(src);
-    },
+    write: (dst, src) => pushWrite(OP.write, dst, src),
+    writeInts: (dst, src) => pushWrite(OP.writeInts, dst, src),
     async read(t) {
       await flush();
       const a = arrays.get(t.id) as Float32Array | undefined;

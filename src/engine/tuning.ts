@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { loadKernel, type KernelName, type LoadedKernel } from '../kernels/index.js';
 import { loadNativeKernel, nativeInfo } from '../kernels/native.js';
 import type { BlockArgs } from '../kernels/types.js';
-import { loadAddon } from './addon.js';
+import { loadGemm } from './addon.js';
 
 /**
  * Block sizes chosen for the machine: the attention kernel's tiles and the
@@ -117,21 +117,19 @@ function cpuKey(): string {
   return (cpus()[0]?.model ?? 'unknown cpu').trim();
 }
 
-function bestOf<T>(candidates: T[], label: (c: T) => string, time: (c: T) => Promise<number>): Promise<{ value: T; timings: Record<string, number> }> {
-  return (async () => {
-    const timings: Record<string, number> = {};
-    let best = candidates[0];
-    let bestMs = Infinity;
-    for (const c of candidates) {
-      const ms = await time(c);
-      timings[label(c)] = Math.round(ms * 1000) / 1000;
-      if (ms < bestMs) {
-        bestMs = ms;
-        best = c;
-      }
+async function bestOf<T>(candidates: T[], label: (c: T) => string, time: (c: T) => Promise<number>): Promise<{ value: T; timings: Record<string, number> }> {
+  const timings: Record<string, number> = {};
+  let best = candidates[0];
+  let bestMs = Infinity;
+  for (const c of candidates) {
+    const ms = await time(c);
+    timings[label(c)] = Math.round(ms * 1000) / 1000;
+    if (ms < bestMs) {
+      bestMs = ms;
+      best = c;
     }
-    return { value: best, timings };
-  })();
+  }
+  return { value: best, timings };
 }
 
 const TILE_CANDIDATES: Tiles[] = [
@@ -157,7 +155,7 @@ export interface TileQuery {
  */
 export async function tunedTiles(q: TileQuery, opts: { path?: string; fresh?: boolean } = {}): Promise<{ value: Tiles; source: 'cached' | 'measured' }> {
   await loadNativeKernel({ ...DEFAULT_TILES, threads: q.threads, isa: q.isa }); // throws when it cannot load
-  const isa = q.isa ?? process.env.RINGATTN_NATIVE_ISA ?? ((loadAddon<{ isas(): string[] }>().addon?.isas() ?? ['?'])[0]);
+  const isa = q.isa ?? nativeInfo().isa ?? '?';
   const key = `${cpuKey()} | ${isa} | ${q.threads} thread(s) | attention heads ${q.heads}/${q.kvHeads} x ${q.headDim}`;
   return cached(
     key,
@@ -201,11 +199,6 @@ export async function tunedTiles(q: TileQuery, opts: { path?: string; fresh?: bo
   ) as Promise<{ value: Tiles; source: 'cached' | 'measured' }>;
 }
 
-interface GemmAddon {
-  sgemmSync(args: object): void;
-  gemmIsas(): string[];
-}
-
 /** Row-block sizes tried per instruction set: multiples of its micro-kernel's rows. */
 const MC_CANDIDATES: Record<string, number[]> = { avx512: [84, 168, 336], avx2: [72, 144, 288], portable: [48, 96, 192] };
 const KC_CANDIDATES = [256, 384, 512];
@@ -216,8 +209,8 @@ const KC_CANDIDATES = [256, 384, 512];
  * candidate (mc, kc).
  */
 export async function tunedGemm(q: { threads: number; isa?: string }, opts: { path?: string; fresh?: boolean } = {}): Promise<{ value: GemmBlocking; source: 'cached' | 'measured' }> {
-  const { addon, reason } = loadAddon<GemmAddon>();
-  if (!addon || typeof addon.sgemmSync !== 'function') throw new Error(reason ?? 'the native addon has no SGEMM');
+  const { gemm: addon, reason } = loadGemm();
+  if (!addon) throw new Error(reason);
   const isa = q.isa ?? process.env.RINGATTN_NATIVE_ISA ?? addon.gemmIsas()[0];
   const key = `${cpuKey()} | ${isa} | ${q.threads} thread(s) | gemm`;
   return cached(

@@ -125,12 +125,13 @@ export function createModel(engine: Engine, cfg: ModelConfig, opts: ModelOptions
   const G = weightsOf(cfg, grads);
 
   // Saved per layer: the layer's input x, q, k, v (rotated), o, and x1 = x + o Wo. xs[L] is the final hidden state.
-  const xs = Array.from({ length: L + 1 }, () => engine.floats(cap * d));
-  const qs = Array.from({ length: L }, () => engine.floats(cap * qDim));
-  const ks = Array.from({ length: L }, () => engine.floats(cap * kvDim));
-  const vs = Array.from({ length: L }, () => engine.floats(cap * kvDim));
-  const os = Array.from({ length: L }, () => engine.floats(cap * qDim));
-  const x1s = Array.from({ length: L }, () => engine.floats(cap * d));
+  const perLayer = (count: number, width: number): Tensor[] => Array.from({ length: count }, () => engine.floats(cap * width));
+  const xs = perLayer(L + 1, d);
+  const qs = perLayer(L, qDim);
+  const ks = perLayer(L, kvDim);
+  const vs = perLayer(L, kvDim);
+  const os = perLayer(L, qDim);
+  const x1s = perLayer(L, d);
   const lses: Float32Array[] = new Array<Float32Array>(L);
   // Working buffers.
   const h = engine.floats(cap * d);
@@ -224,23 +225,27 @@ export function createModel(engine: Engine, cfg: ModelConfig, opts: ModelOptions
     }
   }
 
+  /** Logits of rows [s, s + len) of the final hidden state into the logits buffer; the normed rows stay in hc. */
+  function headLogits(s: number, len: number): { hcs: Tensor; lg: Tensor } {
+    const hcs = slice(hc, 0, len * d);
+    const lg = slice(logits, 0, len * V);
+    engine.norm(normShape(len), hcs, rows(xs[L], s, len, d), W.finalNorm, W.finalNormBias);
+    if (W.head) engine.matmul({ m: len, n: V, k: d }, lg, hcs, W.head);
+    else engine.matmul({ m: len, n: V, k: d, transB: true }, lg, hcs, W.embed);
+    return { hcs, lg };
+  }
+
   /** Loss of the final hidden state, chunk by chunk; with a gradient scale, dL/dx into dx as well. */
   async function head(n: number, targetIds: Int32Array, gradScale: number | null): Promise<{ lossSum: number; tokens: number }> {
     engine.zero(loss);
     if (gradScale !== null) engine.zero(rows(dx, 0, n, d));
     let count = 0;
-    const x = xs[L];
     for (const [s, len] of chunksOf(n)) {
       let c = 0;
       for (let i = s; i < s + len; i++) if (targetIds[i] >= 0) c++;
       if (c === 0) continue; // nothing to predict here: no loss, no gradient
       count += c;
-      const hcs = slice(hc, 0, len * d);
-      const lg = slice(logits, 0, len * V);
-      const xc = rows(x, s, len, d);
-      engine.norm(normShape(len), hcs, xc, W.finalNorm, W.finalNormBias);
-      if (W.head) engine.matmul({ m: len, n: V, k: d }, lg, hcs, W.head);
-      else engine.matmul({ m: len, n: V, k: d, transB: true }, lg, hcs, W.embed);
+      const { hcs, lg } = headLogits(s, len);
       engine.crossEntropy(len, V, lg, slice(targets, s, len), loss, gradScale);
       if (gradScale === null) continue;
       const dhs = slice(dhc, 0, len * d);
@@ -251,7 +256,7 @@ export function createModel(engine: Engine, cfg: ModelConfig, opts: ModelOptions
         engine.matmul({ m: len, n: d, k: V }, dhs, lg, W.embed);
         engine.matmul({ m: V, n: d, k: len, transA: true, accumulate: true }, G.embed, lg, hcs);
       }
-      engine.normBackward(normShape(len), rows(dx, s, len, d), G.finalNorm, G.finalNormBias, dhs, xc, W.finalNorm);
+      engine.normBackward(normShape(len), rows(dx, s, len, d), G.finalNorm, G.finalNormBias, dhs, rows(xs[L], s, len, d), W.finalNorm);
     }
     const lossSum = (await engine.read(loss))[0];
     return { lossSum, tokens: count };
@@ -344,12 +349,7 @@ export function createModel(engine: Engine, cfg: ModelConfig, opts: ModelOptions
       await forward(n, attn);
       const out = new Float32Array((n - fromRow) * V);
       for (let s = fromRow; s < n; s += chunk) {
-        const len = Math.min(chunk, n - s);
-        const hcs = slice(hc, 0, len * d);
-        const lg = slice(logits, 0, len * V);
-        engine.norm(normShape(len), hcs, rows(xs[L], s, len, d), W.finalNorm, W.finalNormBias);
-        if (W.head) engine.matmul({ m: len, n: V, k: d }, lg, hcs, W.head);
-        else engine.matmul({ m: len, n: V, k: d, transB: true }, lg, hcs, W.embed);
+        const { lg } = headLogits(s, Math.min(chunk, n - s));
         out.set(await engine.read(lg), (s - fromRow) * V);
       }
       return out;
