@@ -37,19 +37,8 @@ function random(n: number, seed: number): Float32Array {
   return out;
 }
 
-interface Problem {
-  m: number;
-  n: number;
-  k: number;
-  transA: boolean;
-  transB: boolean;
-  a: Float32Array;
-  lda: number;
-  b: Float32Array;
-  ldb: number;
-  ldc: number;
-  c0: Float32Array; // C before the call
-}
+/** A call's shape and operands, with C as it was before the call. */
+type Problem = Pick<SgemmArgs, 'm' | 'n' | 'k' | 'transA' | 'transB' | 'a' | 'lda' | 'b' | 'ldb' | 'ldc'> & { c0: Float32Array };
 
 // Stored A is m x k (k x m when transposed), B k x n (n x k); each leading
 // dimension `pad` more than the stored row length, arrays exactly as long as needed.
