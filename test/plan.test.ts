@@ -14,8 +14,12 @@ import {
   stepTime,
   type DeviceSpec,
 } from '../src/plan/model.js';
-import { DEVICE_PRESETS, PAPER_TABLE_2, resolveDevice } from '../src/plan/presets.js';
+import { DEVICE_PRESETS, MODEL_PRESETS, PAPER_TABLE_2, PAPER_TABLE_3, resolveDevice } from '../src/plan/presets.js';
 import { planReport, type PlanReport } from '../src/plan/report.js';
+import { engineTerms } from '../src/plan/engine-memory.js';
+import { jobMaxContext, jobMemory, type JobTerm } from '../src/plan/job.js';
+import { LLAMA_VOCAB, paperTerms } from '../src/plan/paper-memory.js';
+import type { ModelConfig } from '../src/model/types.js';
 
 /** Runs `ringattn plan ARGS` through commander and returns what it wrote to stdout. */
 async function plan(...args: string[]): Promise<string> {
@@ -33,6 +37,20 @@ async function rejectsUser(args: string[], pattern: RegExp): Promise<void> {
     assert.match(e.message, pattern);
     return true;
   });
+}
+
+/** A temporary folder whose machine.json `this-machine` reads until the test ends. */
+function machineFileIn(t: { after: (fn: () => void) => void }): { dir: string; file: string } {
+  const dir = mkdtempSync(join(tmpdir(), 'ringattn-plan-'));
+  const saved = process.env.RINGATTN_MACHINE_FILE;
+  t.after(() => {
+    if (saved === undefined) delete process.env.RINGATTN_MACHINE_FILE;
+    else process.env.RINGATTN_MACHINE_FILE = saved;
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const file = join(dir, 'machine.json');
+  process.env.RINGATTN_MACHINE_FILE = file;
+  return { dir, file };
 }
 
 /** The two Table 2 figures as the text report prints them, in thousands of tokens. */
@@ -173,7 +191,14 @@ test('--json carries the same numbers as the model', async () => {
   assert.equal(r.minBlockTokens, 275e12 / 268e9);
   assert.equal(r.modelFlops, modelFlops(2, 262144, 5120, 40));
   assert.equal(r.ringStep.hidden, true);
-  const direct = planReport({ model: { name: '13b', hidden: 5120, layers: 40, heads: 40 }, device: DEVICE_PRESETS['tpu-v4'], batch: 2, seqLen: 262144, hosts: 16 });
+  const direct = planReport({
+    model: { name: '13b', hidden: 5120, layers: 40, heads: 40 },
+    device: DEVICE_PRESETS['tpu-v4'],
+    batch: 2,
+    seqLen: 262144,
+    hosts: 16,
+    job: { kind: 'paper', paper: { hidden: 5120, layers: 40, vocab: LLAMA_VOCAB, fsdp: false } },
+  });
   assert.deepEqual(r, JSON.parse(JSON.stringify(direct)));
   // one host: compute/transfer is infinite, which JSON writes as null
   const one = JSON.parse(await plan('--seq-len', '4K', '--model', '1b', '--device', 'tpu-v3', '--json')) as PlanReport;
@@ -197,15 +222,7 @@ test('custom shapes and devices, and flags that override a preset', async () => 
 });
 
 test('"this-machine" reads the measurements `ringattn doctor` wrote', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'ringattn-plan-'));
-  const saved = process.env.RINGATTN_MACHINE_FILE;
-  t.after(() => {
-    if (saved === undefined) delete process.env.RINGATTN_MACHINE_FILE;
-    else process.env.RINGATTN_MACHINE_FILE = saved;
-    rmSync(dir, { recursive: true, force: true });
-  });
-  const file = join(dir, 'machine.json');
-  process.env.RINGATTN_MACHINE_FILE = file;
+  const { file } = machineFileIn(t);
   await rejectsUser(['--seq-len', '8K', '--model', '1b', '--device', 'this-machine'], /run `ringattn doctor` first/);
   writeFileSync(file, JSON.stringify({ tflops: 0.2, linkGBps: 2, memoryGB: 16, measuredAt: '2024-05-01T00:00:00Z' }));
   const r = JSON.parse(await plan('--seq-len', '8K', '--model', '1b', '--device', 'this-machine', '--hosts', '4', '--json')) as PlanReport;
@@ -244,4 +261,136 @@ test('--config takes the number of hosts from the spec', async (t) => {
   assert.equal(r.hosts, 5);
   await rejectsUser(['--seq-len', '10K', '--model', '1b', '--device', 'tpu-v4', '--config', spec, '--hosts', '4'], /--hosts 4 disagrees with the 5 ring workers/);
   await rejectsUser(['--seq-len', '10K', '--model', '1b', '--device', 'tpu-v4', '--config', join(dir, 'missing.yaml')], /cannot read/);
+});
+
+const bytesOf = (terms: JobTerm[], name: string): number => {
+  const t = terms.find((x) => x.name === name);
+  assert.ok(t, `term ${name}`);
+  return t.bytes;
+};
+
+test("our engine's terms on a tiny model, counted by hand", () => {
+  // vocab 8, d 4, 1 layer, 2 heads of 2 dims, 1 KV head (kvDim 2), FFN 8 wide in chunks of 2 tokens, tied, RMSNorm.
+  const model: ModelConfig = { vocabSize: 8, dModel: 4, layers: 1, heads: 2, kvHeads: 1, ffnHidden: 8, ffnChunk: 2, norm: 'rms', tiedEmbeddings: true, ropeBase: 10000, initStd: 0.02 };
+  const terms = engineTerms({ model, seqLen: 8, worldSize: 2, layout: 'contiguous', threads: 1, runtimeBytes: 1000 });
+  // P: embed 8x4 = 32; layer: norm 4 + wq 16 + wk 8 + wv 8 + wo 16 + norm 4 + w1 32 + w2 32 = 120; final norm 4. 156 floats.
+  assert.equal(bytesOf(terms, 'runtime'), 1000);
+  assert.equal(bytesOf(terms, 'parameters'), 156 * 4);
+  assert.equal(bytesOf(terms, 'initialParameters'), 156 * 4);
+  assert.equal(bytesOf(terms, 'gradients'), (156 + 2 + 2) * 4); // P + loss + stop flag + one per rank
+  assert.equal(bytesOf(terms, 'adamState'), 2 * 156 * 4);
+  // n = 8 / 2 = 4 tokens per worker. x for 2 layers' inputs (L + 1): 2*4*4 = 32; q, o 4*4 each; k, v 4*2 each; x1 4*4: 64;
+  // lse [heads, n] = 8. 104 floats.
+  assert.equal(bytesOf(terms, 'savedActivations'), 104 * 4);
+  // h, dx, dh 3*16; dq, dO 2*16; dk, dv 2*8: 96 floats.
+  assert.equal(bytesOf(terms, 'layerWorkingSet'), 96 * 4);
+  // chunk 2: hc, dhc 2*2*4; u, a 2*2*8: 48 floats; logits 2*8 = 16 floats.
+  assert.equal(bytesOf(terms, 'ffnChunk'), 48 * 4);
+  assert.equal(bytesOf(terms, 'logitsChunk'), 16 * 4);
+  // A ring of two receives one KV block (k, v: 2*4*2 = 16) while it holds merged o and a step's o (2*16) and lse (8): 56.
+  assert.equal(bytesOf(terms, 'ringForward'), 56 * 4);
+  // dq 16, delta 8, this step's dk, dv 16, the received dK/dV 16, one received KV block 16: 72.
+  assert.equal(bytesOf(terms, 'ringBackward'), 72 * 4);
+  // allReduceSum copies 160 floats; at each of its 2 hops it sends a copied chunk of 80 and receives one.
+  assert.equal(bytesOf(terms, 'allReduce'), (160 + 4 * 80) * 4);
+  const m = jobMemory(terms);
+  const always = terms.filter((t) => t.phase === 'always').reduce((s, t) => s + t.bytes, 0);
+  assert.equal(m.peakPhase, 'allReduce');
+  assert.equal(m.peakBytesPerWorker, always + 480 * 4);
+  // One worker: nothing received, no chunks, no dK/dV accumulator.
+  const one = engineTerms({ model, seqLen: 8, worldSize: 1, layout: 'contiguous', threads: 1, runtimeBytes: 0 });
+  assert.equal(bytesOf(one, 'ringForward'), (2 * 8 * 4 + 2 * 8) * 4);
+  assert.equal(bytesOf(one, 'allReduce'), (156 + 2 + 1) * 4);
+});
+
+test("the paper's terms by hand: FSDP shards the state and gathers one block at a time", () => {
+  // h 4, L 2, V 10, b 1, s 8 on 2 hosts: c = 4, bch = 16. P = 12*16*2 + 2*10*4 = 464.
+  const job = { hidden: 4, layers: 2, vocab: 10, batch: 1, seqLen: 8, hosts: 2 };
+  const fsdp = paperTerms({ ...job, fsdp: true });
+  assert.equal(bytesOf(fsdp, 'modelState'), (16 * 464) / 2);
+  assert.equal(bytesOf(fsdp, 'checkpoints'), 2 * (2 * 2 + 1) * 16); // attention and FFN inputs of 2 layers + final
+  assert.equal(bytesOf(fsdp, 'attentionBackward'), 2 * 15 * 16 + 2 * 4 * (4 * 16)); // + gathered fp32 weights and grads
+  assert.equal(bytesOf(fsdp, 'ffnBackward'), 2 * (2 * 16 + 2 * 4 * 16) + 2 * 4 * (8 * 16)); // FFN chunk = min(c, 512) = 4
+  assert.equal(bytesOf(fsdp, 'lossHead'), 8 * 4 * 10 + 2 * 4 * 40);
+  assert.equal(jobMemory(fsdp).peakBytesPerWorker, 3712 + 160 + 1344);
+  const rep = paperTerms({ ...job, fsdp: false });
+  assert.equal(bytesOf(rep, 'modelState'), 16 * 464);
+  assert.equal(bytesOf(rep, 'attentionBackward'), 2 * 15 * 16); // nothing to gather
+  assert.equal(jobMemory(rep).peakBytesPerWorker, 7424 + 160 + 480);
+});
+
+test('whole-job max context: the exact figure and the largest power of two', () => {
+  const peak = (s: number): number => 100 + 3 * s;
+  assert.deepEqual(jobMaxContext(peak, 1000, 1), { maxContextTokens: 300, maxContextPow2: 256 });
+  assert.deepEqual(jobMaxContext(peak, 1000, 4), { maxContextTokens: 300, maxContextPow2: 256 });
+  // 294 = 42 x 7; no power of two splits over 7
+  assert.deepEqual(jobMaxContext(peak, 1000, 7), { maxContextTokens: 294, maxContextPow2: 0 });
+  assert.deepEqual(jobMaxContext(peak, 50, 1), { maxContextTokens: 0, maxContextPow2: 0 });
+  // exactly a power of two
+  assert.deepEqual(jobMaxContext(peak, 100 + 3 * 512, 8), { maxContextTokens: 512, maxContextPow2: 512 });
+});
+
+test('--fsdp shrinks the state per host and lengthens the context', async () => {
+  const args = ['--seq-len', '256K', '--model', '7b', '--device', 'a100-nvlink', '--hosts', '8', '--json'];
+  const rep = JSON.parse(await plan(...args)) as PlanReport;
+  const fsdp = JSON.parse(await plan(...args, '--fsdp')) as PlanReport;
+  assert.equal(rep.job.fsdp, false);
+  assert.equal(fsdp.job.fsdp, true);
+  const state = (r: PlanReport): number => r.job.terms.find((t) => t.name === 'modelState')!.bytes;
+  assert.equal(state(rep), 8 * state(fsdp));
+  // 7B replicated: 16 bytes x 6.7e9 = 107 GB, more than an A100 holds
+  assert.equal(rep.job.fits, false);
+  assert.equal(rep.job.maxContextTokens, 0);
+  assert.ok(fsdp.job.fits);
+  assert.ok(fsdp.job.maxContextPow2 > 0 && fsdp.job.maxContextPow2 <= fsdp.job.maxContextTokens);
+  assert.match(await plan(...args.slice(0, -1), '--fsdp'), /max context, 8 hosts: 524,288 \(512K\) \(largest power of two\); exactly [\d,]+ tokens/);
+});
+
+/**
+ * Table 3 (max context, end-to-end training with FSDP). Rows within 2x of the
+ * paper, except TPU v3, which our count puts 4x above the paper (docs/plan.md:
+ * the paper's v3 figures need 2 MB per token per device, the 32 x A100 row less
+ * than 0.6 MB; no one per-token count gives both).
+ */
+test("the paper's Table 3: whole-job max context within 2x of the paper's", () => {
+  for (const row of PAPER_TABLE_3) {
+    const preset = MODEL_PRESETS[row.model];
+    const r = planReport({
+      model: preset,
+      device: DEVICE_PRESETS[row.device],
+      batch: 1,
+      seqLen: row.hosts,
+      hosts: row.hosts,
+      job: { kind: 'paper', paper: { hidden: preset.hidden, layers: preset.layers, vocab: LLAMA_VOCAB, fsdp: true } },
+    });
+    const ratio = r.job.maxContextPow2 / (row.contextK * 1024);
+    const label = `${row.hosts} x ${row.device}, ${row.model}: ours ${r.job.maxContextPow2 / 1024}K, paper ${row.contextK}K`;
+    if (row.device === 'tpu-v3') assert.equal(ratio, 4, label);
+    else assert.ok(ratio >= 0.5 && ratio <= 2, label);
+  }
+});
+
+test('our engine\'s run: --config alone on this machine, and its errors', async (t) => {
+  const { dir, file } = machineFileIn(t);
+  const spec = join(dir, 'ring.yaml');
+  writeFileSync(spec, 'hosts:\n  - name: a\n    address: 127.0.0.1\n    slots: 2\nmodel:\n  dModel: 64\n  layers: 2\n  heads: 2\ntrain:\n  seqLen: 2K\n  batch: 3\n');
+  // A file from before doctor measured the runtime: one line saying what to do.
+  writeFileSync(file, JSON.stringify({ tflops: 0.2, linkGBps: 2, memoryGB: 16, measuredAt: '2024-05-01T00:00:00Z' }));
+  await rejectsUser(['--config', spec, '--device', 'this-machine'], /has no runtimeBytes .*run `ringattn doctor` again/);
+  writeFileSync(file, JSON.stringify({ tflops: 0.2, linkGBps: 2, memoryGB: 16, measuredAt: '2024-05-01T00:00:00Z', runtimeBytes: 8e7 }));
+  const r = JSON.parse(await plan('--config', spec, '--device', 'this-machine', '--json')) as PlanReport;
+  assert.equal(r.job.kind, 'engine');
+  assert.equal(r.seqLen, 2048);
+  assert.equal(r.batch, 3);
+  assert.equal(r.hosts, 2);
+  assert.equal(r.job.terms.find((x) => x.name === 'runtime')!.bytes, 8e7);
+  assert.equal(r.job.peakBytesPerWorker, jobMemory(r.job.terms).peakBytesPerWorker);
+  // zigzag (the causal default) splits multiples of 2N = 4
+  assert.equal(r.job.maxContextTokens % 4, 0);
+  assert.ok(r.job.fits);
+  await rejectsUser(['--config', spec, '--device', 'a100-nvlink'], /use --device this-machine/);
+  await rejectsUser(['--config', spec, '--device', 'this-machine', '--fsdp'], /--fsdp: our engine replicates/);
+  await rejectsUser(['--config', spec, '--device', 'this-machine', '--seq-len', '1026'], /cannot be split by the zigzag layout/);
+  writeFileSync(file, JSON.stringify({ tflops: 0.2, linkGBps: 2, memoryGB: 16, runtimeBytes: 'lots' }));
+  await rejectsUser(['--config', spec, '--device', 'this-machine'], /runtimeBytes should be a positive number/);
 });

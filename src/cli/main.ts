@@ -1,13 +1,11 @@
 import { Command, CommanderError } from 'commander';
-import { mkdirSync, writeFileSync } from 'node:fs';
-import path from 'node:path';
 import { UserError } from '../errors.js';
 import { prepareAttn } from '../attention/attn-job.js';
 import { LAYOUTS, type Layout } from '../attention/layout.js';
 import { worldSize, type ClusterSpec } from '../config/index.js';
 import type { DoctorReport } from '../launch/doctor-job.js';
 import { runJob, runJobWithRestarts } from '../launch/launcher.js';
-import { machineFilePath } from '../plan/presets.js';
+import { writeMachineFile } from '../plan/presets.js';
 import { intFlag, resolveSpec, ringOptions } from './common.js';
 import { benchCommand } from './bench.js';
 import { planCommand } from './plan.js';
@@ -98,10 +96,14 @@ function doctorCommand(): Command {
       else process.stdout.write(`${formatDoctor(report, spec)}\n`);
       // Calibrate plan's "this-machine" device from rank 0's measurements.
       const big = report.hops[report.hops.length - 1];
-      const machine = { tflops: report.ranks[0].kernelGflops / 1000, linkGBps: big.gbps, memoryGB: report.ranks[0].memoryGB, measuredAt: new Date().toISOString() };
-      const file = machineFilePath();
-      mkdirSync(path.dirname(file), { recursive: true });
-      writeFileSync(file, `${JSON.stringify(machine, null, 2)}\n`);
+      // The runtime's overhead: the largest over ranks, as plan counts the busiest worker.
+      const file = writeMachineFile({
+        tflops: report.ranks[0].kernelGflops / 1000,
+        linkGBps: big.gbps,
+        memoryGB: report.ranks[0].memoryGB,
+        measuredAt: new Date().toISOString(),
+        runtimeBytes: Math.max(...report.ranks.map((x) => x.runtimeBytes)),
+      });
       process.stdout.write(`PASS: the ring of ${report.ranks.length} works (measurements saved to ${file} for \`ringattn plan --device this-machine\`)\n`);
     });
 }

@@ -1,23 +1,28 @@
 import { Command, type CommanderError } from 'commander';
-import { loadSpec, parseSize, worldSize } from '../config/index.js';
+import { checkLayout } from '../attention/layout.js';
+import { loadSpec, parseSize, rankTable, workerThreads, worldSize, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
 import type { DeviceSpec, ModelShape } from '../plan/model.js';
-import { DEVICE_NAMES, MODEL_NAMES, resolveDevice, resolveModel } from '../plan/presets.js';
+import { LLAMA_VOCAB } from '../plan/paper-memory.js';
+import { DEVICE_NAMES, MODEL_NAMES, THIS_MACHINE, machineFilePath, machineRuntimeBytes, resolveDevice, resolveModel } from '../plan/presets.js';
 import { formatPlan, planJson, planReport } from '../plan/report.js';
+import type { JobSetting } from '../plan/setting.js';
+import { resolveLayout } from '../train/loop.js';
 
 interface PlanOptions {
-  seqLen: string;
+  seqLen?: string;
   config?: string;
   model?: string;
   hidden?: string;
   layers?: string;
   heads?: string;
-  batch: string;
+  batch?: string;
   device?: string;
   tflops?: string;
   linkGbps?: string;
   memoryGb?: string;
   hosts?: string;
+  fsdp?: boolean;
   json?: boolean;
 }
 
@@ -57,34 +62,80 @@ function resolveDeviceSpec(o: PlanOptions): DeviceSpec & { name: string; source?
   return custom ? { name: `${base.name} (modified)`, tflops, linkGBps, memoryGB } : base;
 }
 
-function resolveHosts(o: PlanOptions): number {
+function resolveHosts(o: PlanOptions, spec: ClusterSpec | undefined): number {
   const flag = o.hosts !== undefined ? parseSize(o.hosts, '--hosts') : undefined;
-  if (o.config === undefined) return flag ?? 1;
-  const workers = worldSize(loadSpec(o.config));
+  if (spec === undefined) return flag ?? 1;
+  const workers = worldSize(spec);
   if (flag !== undefined && flag !== workers) {
     throw new UserError(`--hosts ${flag} disagrees with the ${workers} ring workers of ${o.config}; drop one of them`);
   }
   return workers;
 }
 
+/** --config without a model flag plans that spec's own training run on our engine. */
+function isEngineRun(o: PlanOptions): boolean {
+  return o.config !== undefined && o.model === undefined && o.hidden === undefined && o.layers === undefined && o.heads === undefined;
+}
+
+interface ResolvedPlan {
+  model: ModelShape & { name: string };
+  seqLen: number;
+  batch: number;
+  job: JobSetting;
+}
+
+/** Our engine's run of the spec's model: sequence and batch from its train section unless given. */
+function engineRun(o: PlanOptions, spec: ClusterSpec): ResolvedPlan {
+  if (o.device?.trim().toLowerCase() !== THIS_MACHINE) {
+    throw new UserError(`--config without --model plans our engine's run, which needs this machine's runtime measurements: use --device ${THIS_MACHINE}`);
+  }
+  if (o.fsdp) throw new UserError('--fsdp: our engine replicates parameters, gradients and optimizer state on every worker; --fsdp applies to a --model preset only');
+  if (spec.engine === 'tfjs') throw new UserError(`--config: plan counts the native engine's buffers, and ${o.config} asks for engine: tfjs`);
+  const seqLen = o.seqLen !== undefined ? parseSize(o.seqLen, '--seq-len') : spec.train.seqLen;
+  const layout = resolveLayout(spec.attention);
+  const workers = worldSize(spec);
+  checkLayout(layout, seqLen, workers);
+  const threads = Math.max(...rankTable(spec).map((_, r) => workerThreads(spec, r)));
+  const m = spec.model;
+  return {
+    model: { name: spec.name, hidden: m.dModel, layers: m.layers, heads: m.heads },
+    seqLen,
+    // The engine runs a batch's windows one after another through the same buffers.
+    batch: o.batch !== undefined ? parseSize(o.batch, '--batch') : spec.train.batch,
+    job: { kind: 'engine', engine: { model: m, worldSize: workers, layout, threads, runtimeBytes: machineRuntimeBytes(machineFilePath()) } },
+  };
+}
+
+function paperRun(o: PlanOptions): ResolvedPlan {
+  if (o.seqLen === undefined) throw new UserError("required option '--seq-len <size>' not specified (only --config without --model takes it from the spec)");
+  const model = resolveShape(o);
+  return {
+    model,
+    seqLen: parseSize(o.seqLen, '--seq-len'),
+    batch: o.batch !== undefined ? parseSize(o.batch, '--batch') : 1,
+    job: { kind: 'paper', paper: { hidden: model.hidden, layers: model.layers, vocab: LLAMA_VOCAB, fsdp: Boolean(o.fsdp) } },
+  };
+}
+
 export function planCommand(): Command {
   const cmd = new Command('plan');
   cmd
     .description(
-      "predict memory per device, minimal block size, maximum context and overlap from the Ring Attention paper's analytic model",
+      "predict a training step's whole memory per host and the longest context that fits, plus the Ring Attention paper's one-layer memory, minimal block size and overlap",
     )
-    .requiredOption('--seq-len <size>', 'total sequence length in tokens (K/M/G are powers of two: 8M = 8388608)')
-    .option('--config <file>', 'take the number of hosts from a cluster spec (its ring workers)')
+    .option('--seq-len <size>', 'total sequence length in tokens (K/M/G are powers of two: 8M = 8388608); default with --config alone: train.seqLen')
+    .option('--config <file>', "a cluster spec: alone, plan that spec's training run on our engine; with --model, only its number of ring workers")
     .option('--model <preset>', `model shape: ${MODEL_NAMES.join(', ')}`)
     .option('--hidden <n>', 'hidden size (overrides the preset)')
     .option('--layers <n>', 'number of layers (overrides the preset)')
     .option('--heads <n>', 'attention heads (default: the preset, else hidden/128)')
-    .option('--batch <n>', 'sequences per step', '1')
+    .option('--batch <n>', 'sequences per step (default 1; with --config alone train.batch)')
     .option('--device <preset>', `host: ${DEVICE_NAMES.join(', ')}`)
     .option('--tflops <x>', 'dense bf16 TFLOP/s of one host (overrides the preset)')
     .option('--link-gbps <x>', 'one-way GB/s to a ring neighbour (overrides the preset)')
     .option('--memory-gb <x>', 'memory per host in GB (overrides the preset)')
     .option('--hosts <n>', 'hosts in the ring (default: from --config, else 1)')
+    .option('--fsdp', 'shard parameters, gradients and optimizer state over the hosts, as FSDP does (paper setting; default replicated)')
     .option('--json', 'print the plan as JSON (bytes, tokens, FLOPs, seconds)')
     // Commander's own parse errors become UserErrors, reported once by the top-level handler.
     .configureOutput({ outputError: () => {} })
@@ -93,13 +144,12 @@ export function planCommand(): Command {
       throw new UserError(err.message.replace(/^error: /, ''));
     })
     .action(function (this: Command, o: PlanOptions) {
-      const seqLen = parseSize(o.seqLen, '--seq-len');
-      const batch = parseSize(o.batch, '--batch');
-      const model = resolveShape(o);
+      const spec = o.config !== undefined ? loadSpec(o.config) : undefined;
       const device = resolveDeviceSpec(o);
-      const hosts = resolveHosts(o);
+      const { model, seqLen, batch, job } = isEngineRun(o) ? engineRun(o, spec!) : paperRun(o);
+      const hosts = resolveHosts(o, spec);
       if (hosts > seqLen) throw new UserError(`--seq-len ${seqLen} gives some of the ${hosts} hosts no tokens`);
-      const report = planReport({ model, device, batch, seqLen, hosts });
+      const report = planReport({ model, device, batch, seqLen, hosts, job });
       const write = this.configureOutput().writeOut ?? ((s: string) => process.stdout.write(s));
       write(o.json ? planJson(report) + '\n' : formatPlan(report));
     });

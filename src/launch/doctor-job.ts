@@ -1,10 +1,11 @@
-import { workerThreads } from '../config/index.js';
+import { workerThreads, type ClusterSpec } from '../config/index.js';
 import { totalmem } from 'node:os';
 import { loadKernel, type KernelName } from '../kernels/index.js';
 import { allReduceSum, barrier, ringPass } from '../ring/collectives.js';
-import { describeBackends } from '../tensor/backend.js';
 import { randn } from '../tensor/random.js';
 import { tunedGemm, tunedTiles, tuningFilePath } from '../engine/tuning.js';
+import { loadEngine, type EngineName } from '../engine/index.js';
+import { describeBackends, selectBackend, type BackendWant } from '../tensor/backend.js';
 import type { JobDefinition } from './job.js';
 
 /**
@@ -23,6 +24,12 @@ export interface DoctorRankReport {
   kernelReason: string;
   kernelGflops: number;
   memoryGB: number;
+  /**
+   * RSS (bytes) of this worker once it has loaded the compute engine, the
+   * attention kernel and ZeroMQ, before any model or measurement allocates:
+   * the fixed overhead `plan` adds to what a training run allocates.
+   */
+  runtimeBytes: number;
   /** Block sizes measured for this host (the first rank on each host measures; the others read them). */
   tuning: { tiles?: { tileQ: number; tileKV: number }; gemm?: { mc: number; kc: number; nc: number }; file: string; error?: string };
 }
@@ -61,11 +68,27 @@ async function kernelRate(kernelName: KernelName, threads: number): Promise<{ na
   return { name: kernel.name, reason, gflops: (4 * n * n * d * heads * reps) / s / 1e9 };
 }
 
+/**
+ * Loads what a training worker loads before its model (the ring's ZeroMQ is
+ * already up), then reads the RSS. First in the job: tuning and the kernel's
+ * rate allocate buffers the native addon keeps, which a train worker has not
+ * allocated at that point either.
+ */
+async function runtimeRss(spec: ClusterSpec, threads: number): Promise<number> {
+  const { engine } = await loadEngine(spec.engine as EngineName, { threads, backend: spec.backend as BackendWant });
+  if (spec.kernel === 'tfjs' || engine.name === 'tfjs') await selectBackend(spec.backend as BackendWant);
+  await loadKernel(spec.kernel as KernelName, { tileQ: 128, tileKV: 128, threads });
+  const rss = process.memoryUsage().rss;
+  engine.dispose();
+  return rss;
+}
+
 export const doctorJob: JobDefinition = {
   kind: 'doctor',
   async worker(ctx) {
     const { ring, spec } = ctx;
     const threads = workerThreads(spec, ctx.rank);
+    const runtimeBytes = await runtimeRss(spec, threads);
     // The first rank of each host measures the block sizes afresh, alone on the host; the others then read them.
     const measuresHere = ctx.peers.find((p) => p.host === ctx.host)?.rank === ctx.rank;
     const dims = { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads };
@@ -93,6 +116,7 @@ export const doctorJob: JobDefinition = {
       kernelReason: k.reason,
       kernelGflops: k.gflops,
       memoryGB: totalmem() / 2 ** 30,
+      runtimeBytes,
       tuning,
     };
     await ctx.result('report', report);

@@ -1,6 +1,6 @@
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { UserError } from '../errors.js';
 import type { DeviceSpec, ModelShape } from './model.js';
 
@@ -41,6 +41,31 @@ export const PAPER_TABLE_2: ReadonlyArray<{ device: string; minBlockK: number; m
   { device: 'tpu-v5e', minBlockK: 1.1, minSeqK: 6.3 },
 ];
 
+/**
+ * The paper's Table 3: maximum context (thousands of tokens, K = 1024) in
+ * end-to-end training with FSDP, Ring Attention. `hosts` is the number of
+ * devices holding a share of the sequence: a TPU v3 core (16 GB) is one JAX
+ * device, v4 chips run their two cores as one (v4-1024 = 512 chips of 32 GB),
+ * v5e-256 is 256 chips of 16 GB. `confirmed`: the row is also in
+ * shared/reference/ring-attention.md; the others are as remembered and could not
+ * be checked against the paper's text here (docs/plan.md).
+ */
+export const PAPER_TABLE_3: ReadonlyArray<{ device: string; hosts: number; model: string; contextK: number; confirmed: boolean }> = [
+  { device: 'a100-nvlink', hosts: 8, model: '3b', contextK: 512, confirmed: false },
+  { device: 'a100-nvlink', hosts: 8, model: '7b', contextK: 256, confirmed: true },
+  { device: 'a100-nvlink', hosts: 8, model: '13b', contextK: 128, confirmed: false },
+  { device: 'a100-ib', hosts: 32, model: '7b', contextK: 4096, confirmed: true },
+  { device: 'a100-ib', hosts: 32, model: '13b', contextK: 2048, confirmed: false },
+  { device: 'tpu-v3', hosts: 512, model: '7b', contextK: 2048, confirmed: false },
+  { device: 'tpu-v3', hosts: 512, model: '13b', contextK: 1024, confirmed: false },
+  { device: 'tpu-v4', hosts: 512, model: '3b', contextK: 16384, confirmed: false },
+  { device: 'tpu-v4', hosts: 512, model: '7b', contextK: 8192, confirmed: false },
+  { device: 'tpu-v4', hosts: 512, model: '13b', contextK: 4096, confirmed: false },
+  { device: 'tpu-v4', hosts: 512, model: '30b', contextK: 2048, confirmed: false },
+  { device: 'tpu-v5e', hosts: 256, model: '3b', contextK: 4096, confirmed: false },
+  { device: 'tpu-v5e', hosts: 256, model: '7b', contextK: 2048, confirmed: false },
+];
+
 export const THIS_MACHINE = 'this-machine';
 
 /**
@@ -65,6 +90,17 @@ export interface MachineMeasurements {
   linkGBps: number;
   memoryGB: number;
   measuredAt: string;
+  /**
+   * RSS of a worker with engine, kernel and ZeroMQ loaded, before the model
+   * (bytes). Absent in files written before doctor measured it.
+   */
+  runtimeBytes?: number;
+}
+
+export function writeMachineFile(m: MachineMeasurements, path: string = machineFilePath()): string {
+  mkdirSync(dirname(path), { recursive: true });
+  writeFileSync(path, `${JSON.stringify(m, null, 2)}\n`);
+  return path;
 }
 
 export function machineFilePath(env: NodeJS.ProcessEnv = process.env): string {
@@ -98,12 +134,26 @@ export function readMachineFile(path: string = machineFilePath()): MachineMeasur
       throw new UserError(`${path}: ${key} should be a positive number, got ${JSON.stringify(v)}: run \`ringattn doctor\` again`);
     }
   }
+  const runtime = rec.runtimeBytes;
+  if (runtime !== undefined && !(typeof runtime === 'number' && Number.isFinite(runtime) && runtime > 0)) {
+    throw new UserError(`${path}: runtimeBytes should be a positive number, got ${JSON.stringify(runtime)}: run \`ringattn doctor\` again`);
+  }
   return {
     tflops: rec.tflops as number,
     linkGBps: rec.linkGBps as number,
     memoryGB: rec.memoryGB as number,
     measuredAt: typeof rec.measuredAt === 'string' ? rec.measuredAt : 'unknown',
+    ...(runtime !== undefined ? { runtimeBytes: runtime } : {}),
   };
+}
+
+/** The runtime's fixed overhead from the machine file; files from an older doctor lack it. */
+export function machineRuntimeBytes(path: string = machineFilePath()): number {
+  const m = readMachineFile(path);
+  if (m.runtimeBytes === undefined) {
+    throw new UserError(`${path} has no runtimeBytes (written by an older ringattn doctor): run \`ringattn doctor\` again to measure the runtime's memory`);
+  }
+  return m.runtimeBytes;
 }
 
 export function resolveDevice(name: string, env: NodeJS.ProcessEnv = process.env): DevicePreset {

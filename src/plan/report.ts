@@ -21,6 +21,7 @@ import {
   type RingStep,
   type Scheme,
 } from './model.js';
+import { jobReport, type JobReport, type JobSetting } from './setting.js';
 
 export interface PlanInput {
   model: ModelShape & { name: string };
@@ -28,6 +29,8 @@ export interface PlanInput {
   batch: number;
   seqLen: number;
   hosts: number;
+  /** Which whole-job count applies: our engine's run, or the paper's setting. */
+  job: JobSetting;
 }
 
 export interface SchemeReport {
@@ -48,6 +51,8 @@ export interface PlanReport {
   seqLen: number;
   hosts: number;
   tokensPerHost: number;
+  /** The whole training step per worker: every term, its peak, and the longest context that fits. */
+  job: JobReport;
   bytesPerElement: number;
   memoryEfficientChunk: number;
   memory: Record<Scheme, SchemeReport>;
@@ -62,7 +67,7 @@ export interface PlanReport {
 }
 
 export function planReport(input: PlanInput): PlanReport {
-  const { model, device, batch, seqLen, hosts } = input;
+  const { model, device, batch, seqLen, hosts, job } = input;
   const workload = { batch, seqLen, hidden: model.hidden, heads: model.heads, hosts };
   const budget = memoryBytes(device);
   const memory = {} as Record<Scheme, SchemeReport>;
@@ -87,6 +92,7 @@ export function planReport(input: PlanInput): PlanReport {
     seqLen,
     hosts,
     tokensPerHost: step.blockTokens,
+    job: jobReport(job, { batch, seqLen, hosts }, budget),
     bytesPerElement: BYTES_PER_ELEMENT,
     memoryEfficientChunk: MEMORY_EFFICIENT_CHUNK,
     memory,
@@ -150,6 +156,29 @@ function table(rows: string[][], rightAligned: boolean[]): string[] {
   );
 }
 
+const JOB_TITLES: Record<JobReport['kind'], string> = {
+  engine: "Whole training step per worker: our engine's run (float32, native engine)",
+  paper: "Whole training step per host: the paper's setting (bf16 activations, full checkpointing, blockwise attention + FFN)",
+};
+
+function formatJob(j: JobReport, hosts: number): string[] {
+  const out: string[] = [];
+  const state = j.kind === 'paper' ? (j.fsdp ? '; parameters, gradients, optimizer state sharded (FSDP)' : '; parameters, gradients, optimizer state replicated') : '';
+  out.push(JOB_TITLES[j.kind] + state);
+  const rows: string[][] = [['term', 'when', 'bytes', 'count']];
+  for (const t of j.terms) rows.push([t.name, t.phase, formatBytes(t.bytes), t.count]);
+  out.push(...table(rows, [false, false, true, false]).map((l) => `  ${l}`));
+  out.push(`  peak per worker      ${formatBytes(j.peakBytesPerWorker)} (${int(j.peakBytesPerWorker)} bytes)` +
+    (j.peakPhase ? `, during ${j.peakPhase}` : '') + `; ${j.fits ? 'fits' : 'does not fit'} in ${formatBytes(j.budgetBytes)}`);
+  const where = `${hosts} host${hosts === 1 ? '' : 's'}`;
+  out.push(
+    j.maxContextTokens === 0
+      ? `  max context, ${where}: none (not even the smallest sequence fits)`
+      : `  max context, ${where}: ${j.maxContextPow2 === 0 ? 'no power of two' : tokens(j.maxContextPow2)} (largest power of two); exactly ${int(j.maxContextTokens)} tokens`,
+  );
+  return out;
+}
+
 export function formatPlan(r: PlanReport): string {
   const { model, device, ringStep: step } = r;
   const out: string[] = [];
@@ -162,6 +191,8 @@ export function formatPlan(r: PlanReport): string {
       `${device.memoryGB} GB per host` + (device.source ? ` [${device.source}]` : ''),
   );
   out.push(`seq     ${tokens(r.seqLen)} tokens, ${int(r.tokensPerHost)} per host (c = s/N)`);
+  out.push('');
+  out.push(...formatJob(r.job, r.hosts));
   out.push('');
   out.push(`Activation memory per device, one layer (paper Table 1, bf16 bytes; memory-efficient chunk c = ${r.memoryEfficientChunk})`);
   const rows: string[][] = [['scheme', 'formula', 'attention', 'FFN', 'peak', 'fits', `max context, ${r.hosts} host${r.hosts === 1 ? '' : 's'}`]];
@@ -178,8 +209,8 @@ export function formatPlan(r: PlanReport): string {
     ]);
   }
   out.push(...table(rows, [false, false, true, true, true, false, true]).map((l) => `  ${l}`));
-  out.push('  Counts one layer\'s activations only (no weights, optimizer state or other layers\' saved inputs):');
-  out.push('  max context is an upper bound. Only ring attention splits the sequence over hosts.');
+  out.push('  One layer\'s activations only, as the paper\'s Table 1 counts them; the whole job is above.');
+  out.push('  Only ring attention splits the sequence over hosts.');
   out.push('');
   out.push('Overlap (per ring step: 4bhc^2 FLOPs of compute against 4bch bytes sent)');
   const overlap: string[][] = [

@@ -1,0 +1,111 @@
+import { layoutQuantum, type Layout } from '../attention/layout.js';
+import { headDimOf, paramCount } from '../model/params.js';
+import type { ModelConfig } from '../model/types.js';
+import type { JobTerm } from './job.js';
+
+/**
+ * What one worker of our own training run allocates, counted from the code
+ * (native engine, float32 everywhere; docs/plan.md lists each line with its source):
+ *
+ *   src/train/loop.ts          initParams' P floats (kept for the run), the reduce buffer
+ *                              (gradients + loss + stop flag + one slot per rank), AdamW m and v
+ *   src/model/transformer.ts   params; saved per layer x, q, k, v, o, x1 (+ the final x) and the
+ *                              attention lse; the layer working set; the FFN and loss-head chunks
+ *   src/attention/ring-attention.ts, src/ring/*   the JS arrays of one attention call: received KV
+ *                              blocks, partial outputs, dq/dk/dv and the dK/dV accumulators
+ *   src/ring/collectives.ts    allReduceSum's copy of the reduce buffer and its chunk copies
+ *   native/ (BufferCache)      the attention kernel's packed blocks and the SGEMM's packs, which
+ *                              the addon keeps for reuse once a step has asked for them
+ *
+ * The native engine's read() returns a view of its own memory, so reading q, k,
+ * v, o, dO and the reduce buffer copies nothing (the tfjs engine would copy).
+ * A step runs the windows of a batch one after another through the same
+ * buffers, so the batch size does not change the peak.
+ */
+
+const F32 = 4;
+const I32 = 4;
+
+/**
+ * The SGEMM's default cache blocking on x86 (native/gemm_avx512.cc, gemm_avx2.cc):
+ * KC 512 deep, NC 4096 columns, MC up to 168 rows. `ringattn doctor` may tune mc
+ * and kc, never above these.
+ */
+const GEMM_KC = 512;
+const GEMM_NC = 4096;
+const GEMM_MC = 168;
+
+/** The attention kernel's largest tiles (tileQ/tileKV auto picks among 64..256) and its SIMD panel width. */
+const KERNEL_TILE = 256;
+const KERNEL_PANEL = 16;
+
+export interface EngineJob {
+  model: ModelConfig;
+  /** Tokens of one sequence over the whole ring. */
+  seqLen: number;
+  worldSize: number;
+  layout: Layout;
+  /** Compute threads of a worker (engine and kernel share them). */
+  threads: number;
+  /** RSS of a worker with engine, kernel and ZeroMQ loaded, before the model: measured by `ringattn doctor`. */
+  runtimeBytes: number;
+}
+
+const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
+
+/** Sequences our ring can split: multiples of the layout's quantum. */
+export function engineSeqUnit(job: Pick<EngineJob, 'layout' | 'worldSize'>): number {
+  return layoutQuantum(job.layout, job.worldSize);
+}
+
+export function engineTerms(job: EngineJob): JobTerm[] {
+  const cfg = job.model;
+  const N = job.worldSize;
+  const n = job.seqLen / N;
+  const P = paramCount(cfg);
+  const { dModel: d, layers: L, vocabSize: V, ffnHidden: F, heads, kvHeads } = cfg;
+  const hd = headDimOf(cfg);
+  const qDim = heads * hd;
+  const kvDim = kvHeads * hd;
+  const chunk = Math.min(cfg.ffnChunk, n);
+  const reduceLen = P + 2 + N;
+  const kv = n * kvDim;
+  // Received KV blocks alive at once: the one being computed on and the one arriving,
+  // except that a ring of two receives only one and a ring of one none.
+  const kvBlocksHeld = Math.min(2, N - 1);
+  const dp = roundUp(hd, KERNEL_PANEL);
+  const qPacked = heads * n * dp;
+  const kvPacked = kvHeads * n * dp;
+  const scratch = 2 * (KERNEL_TILE * dp + KERNEL_TILE * roundUp(KERNEL_TILE, KERNEL_PANEL) + KERNEL_TILE * dp + KERNEL_TILE);
+  const dqAcc = (heads / kvHeads) * roundUp(n, Math.min(KERNEL_TILE, n)) * dp;
+  // One B pack per distinct output width N of the model's matmuls, plus one A block.
+  const widths = new Set([qDim, kvDim, d, F, V]);
+  const gemmFloats = [...widths].reduce((s, w) => s + Math.min(w, GEMM_NC) * GEMM_KC, 0) + GEMM_MC * GEMM_KC;
+
+  const t = (name: string, floats: number, phase: JobTerm['phase'], count: string): JobTerm => ({ name, bytes: floats * F32, phase, count });
+  const terms: JobTerm[] = [
+    { name: 'runtime', bytes: job.runtimeBytes, phase: 'always', count: 'node, engine, kernel and ZeroMQ before the model (ringattn doctor)' },
+    t('parameters', P, 'always', `P = ${P} floats (engine)`),
+    t('initialParameters', P, 'always', 'P floats: initParams() array, kept by the loop'),
+    t('gradients', reduceLen, 'always', `P + 2 + worldSize floats: the reduce buffer that holds the gradients`),
+    t('adamState', 2 * P, 'always', '2P floats: AdamW m and v'),
+    t('savedActivations', (L + 1) * n * d + L * n * (2 * qDim + 2 * kvDim + d) + L * heads * n, 'always',
+      `per layer x, q, k, v, o, x1 and lse [heads, n] for n = ${n} tokens, plus the final x`),
+    t('layerWorkingSet', 3 * n * d + 2 * n * qDim + 2 * n * kvDim, 'always', 'h, dx, dh [n, d]; dq, dO [n, q]; dk, dv [n, kv]'),
+    t('ffnChunk', 2 * chunk * d + 2 * chunk * F, 'always', `hc, dhc [chunk, d]; u, a [chunk, ffnHidden], chunk = ${chunk}`),
+    t('logitsChunk', chunk * V, 'always', `logits [chunk, vocab], chunk = ${chunk}`),
+    { name: 'tokensAndRope', bytes: 2 * n * I32 + n * hd * F32 + 2 * F32, phase: 'always', count: 'tokens, targets; rope cos, sin [n, headDim/2]; loss, norm' },
+    t('kernelPacks', 4 * kvPacked + 4 * qPacked + 2 * heads * n + job.threads * (scratch + dqAcc), 'always',
+      'attention backward packs kept by the addon: K, K^T, V, V^T; Q, dO twice; lse, delta; scratch per thread'),
+    t('gemmPacks', gemmFloats, 'always', `SGEMM packs kept by the addon: KC x min(width, NC) per output width, one MC x KC block`),
+    t('ringForward', 2 * n * qDim + heads * n + kvBlocksHeld * 2 * kv, 'attentionForward',
+      `merged o and a ring step's partial o, lse; ${kvBlocksHeld} received KV block(s)`),
+    t('ringBackward', n * qDim + heads * n + 2 * kv + (N > 1 ? 2 * kv : 0) + kvBlocksHeld * 2 * kv, 'attentionBackward',
+      `dq, delta; dk, dv of this step${N > 1 ? '; the dK/dV accumulator received' : ''}; ${kvBlocksHeld} received KV block(s)`),
+    // Every hop sends a fresh copy of a chunk and receives a fresh array; none of them is
+    // reclaimed before the call returns (the call allocates too few objects to start a GC).
+    t('allReduce', reduceLen + 4 * (N - 1) * Math.ceil(reduceLen / N), 'allReduce',
+      `allReduceSum's copy of P + 2 + worldSize floats${N > 1 ? `; the chunk sent and the chunk received at each of its ${2 * (N - 1)} hops` : ''}`),
+  ];
+  return terms;
+}
