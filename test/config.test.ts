@@ -106,7 +106,7 @@ describe('valid specs', () => {
       opTimeoutMs: 120000,
       maxMessageBytes: 2 ** 30,
     });
-    assert.deepEqual(spec.attention, { causal: true, layout: 'auto', tileQ: 'auto', tileKV: 'auto', overlap: true });
+    assert.deepEqual(spec.attention, { causal: true, layout: 'auto', tileQ: 'auto', tileKV: 'auto', overlap: true, scope: 'ring' });
     assert.deepEqual(spec.model, {
       vocabSize: 256,
       dModel: 64,
@@ -137,8 +137,9 @@ describe('valid specs', () => {
       evalBatches: 2,
       logEvery: 1,
       seed: 1234,
+      lengthSchedule: [],
     });
-    assert.deepEqual(spec.data, { kind: 'text', paths: [], evalFraction: 0.05 });
+    assert.deepEqual(spec.data, { kind: 'text', paths: [], evalFraction: 0.05, passkey: { valueTokens: 4, minDepth: 0, maxDepth: 1 } });
     assert.deepEqual(spec.bench, { seqLen: 65536, heads: 2, kvHeads: 1, headDim: 32, backward: false, timeLimitS: 300, iterations: 3 });
     assert.equal(worldSize(spec), 2);
     assert.equal(resolvedLaunch(spec.hosts[0]), 'local');

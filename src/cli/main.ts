@@ -2,11 +2,11 @@ import { Command, CommanderError } from 'commander';
 import { UserError } from '../errors.js';
 import { prepareAttn } from '../attention/attn-job.js';
 import { LAYOUTS, type Layout } from '../attention/layout.js';
-import { worldSize, type ClusterSpec } from '../config/index.js';
+import { specFromObject, worldSize, type ClusterSpec } from '../config/index.js';
 import type { DoctorReport } from '../launch/doctor-job.js';
 import { runJob, runJobWithRestarts } from '../launch/launcher.js';
 import { writeMachineFile } from '../plan/presets.js';
-import { intFlag, resolveSpec, ringOptions } from './common.js';
+import { intFlag, resolveSpec, ringOptions, withSetting } from './common.js';
 import { benchCommand } from './bench.js';
 import { planCommand } from './plan.js';
 import { workerCommand } from './worker.js';
@@ -144,6 +144,62 @@ function generateCommand(): Command {
     });
 }
 
+function evalCommand(): Command {
+  return new Command('eval')
+    .description("a checkpoint's held-out accuracy on the ring, by depth of the planted key for the passkey task")
+    .requiredOption('--checkpoint <dir>', 'a checkpoint folder, or a run directory (its latest valid checkpoint)')
+    .option('--task <kind>', 'data to evaluate on: text, copy, recall, passkey (default: what the run trained on)')
+    .option('--samples <n>', 'held-out sequences', '64')
+    .option('--buckets <n>', 'depth buckets of the report', '8')
+    .option('--workers <n>', 'a ring of N local workers instead of the run\'s hosts')
+    .option('--set <field=value>', 'override one field of the run\'s spec, e.g. --set data.passkey.minDepth=0 (repeatable)', (v: string, acc: string[] = []) => [...acc, v])
+    .option('--json', 'the result as JSON')
+    .action(async (opts: { checkpoint: string; task?: string; samples: string; buckets: string; workers?: string; set?: string[]; json?: boolean }) => {
+      const { resolveCheckpoint } = await import('../train/checkpoint.js');
+      const { depthBuckets, evalSpec } = await import('../train/eval-job.js');
+      const { paramCount } = await import('../model/index.js');
+      const samples = intFlag(opts.samples, '--samples');
+      const buckets = intFlag(opts.buckets, '--buckets');
+      const kinds = ['text', 'copy', 'recall', 'passkey'] as const;
+      if (opts.task !== undefined && !(kinds as readonly string[]).includes(opts.task)) {
+        throw new UserError(`--task: expected one of ${kinds.join(', ')}, got "${opts.task}"`);
+      }
+      const ckpt = resolveCheckpoint(opts.checkpoint);
+      let spec = specFromObject(ckpt.spec, `${ckpt.path}/spec`);
+      for (const a of opts.set ?? []) spec = specFromObject(withSetting(spec, a), `--set ${a}`);
+      if (opts.workers !== undefined) {
+        const n = intFlag(opts.workers, '--workers');
+        spec = specFromObject({ ...spec, hosts: [{ name: 'localhost', address: '127.0.0.1', slots: n }] }, `--workers ${n}`);
+      }
+      spec = evalSpec(spec, opts.task as (typeof kinds)[number] | undefined);
+      const want = paramCount(spec.model);
+      if (want !== ckpt.params.flat.length) {
+        throw new UserError(`${ckpt.path} holds ${ckpt.params.flat.length} parameters, the model of the spec ${want}: model fields cannot be changed with --set`);
+      }
+      const { value } = await runJob(spec, { kind: 'eval', args: { samples, checkpoint: ckpt.path } }, { quiet: true });
+      const r = value as import('../train/loop.js').EvalResult;
+      const byDepth = spec.data.kind === 'passkey' ? depthBuckets(r.perWindow, buckets) : [];
+      const targets = r.perWindow.reduce((n, w) => n + w.targets, 0);
+      const exact = r.perWindow.filter((w) => w.correct === w.targets).length;
+      if (opts.json) {
+        process.stdout.write(JSON.stringify({ checkpoint: ckpt.path, step: ckpt.step, task: spec.data.kind, seqLen: spec.train.seqLen, scope: spec.attention.scope, workers: worldSize(spec), samples, loss: r.loss, accuracy: r.accuracy, exactSamples: exact, byDepth }, null, 2) + '\n');
+        return;
+      }
+      const lines = [
+        `${ckpt.path} (step ${ckpt.step}) on ${spec.data.kind}, ${samples} held-out sequences of ${spec.train.seqLen} tokens, ${worldSize(spec)} worker(s), attention scope ${spec.attention.scope}`,
+        `accuracy ${r.accuracy.toFixed(4)} (${Math.round(r.accuracy * targets)}/${targets} answer tokens), ${exact}/${samples} sequences exact, loss ${r.loss.toFixed(4)}`,
+      ];
+      if (byDepth.length > 0) {
+        lines.push('depth        samples  accuracy  exact');
+        for (const b of byDepth) {
+          const range = `${b.from.toFixed(3)}-${b.to.toFixed(3)}`;
+          lines.push(`${range.padEnd(12)} ${String(b.samples).padStart(7)}  ${b.samples ? b.accuracy.toFixed(4).padStart(8) : '       -'}  ${String(b.exact).padStart(5)}`);
+        }
+      }
+      process.stdout.write(lines.join('\n') + '\n');
+    });
+}
+
 export function buildProgram(): Command {
   const program = new Command('ringattn')
     .description('Ring Attention: train transformers on sequences sharded across a ZeroMQ ring of workers')
@@ -156,6 +212,7 @@ export function buildProgram(): Command {
   program.addCommand(attnCommand());
   program.addCommand(doctorCommand());
   program.addCommand(generateCommand());
+  program.addCommand(evalCommand());
   program.addCommand(workerCommand(), { hidden: true });
   for (const c of program.commands) c.exitOverride();
   return program;

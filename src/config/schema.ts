@@ -148,6 +148,10 @@ const AttentionSchema = z
       .default('auto')
       .describe('Key/value rows per kernel tile. `auto`: as for tileQ.'),
     overlap: z.boolean().default(true).describe('Send the next KV block while computing on the current one.'),
+    scope: z
+      .enum(['ring', 'local'])
+      .default('ring')
+      .describe("`ring`: every query sees the whole sequence (ring attention). `local`: each rank's queries see only the rank's own shard, the control that shows what the ring adds."),
   })
   .describe('Ring attention.');
 
@@ -200,23 +204,56 @@ const TrainSchema = z
     evalBatches: posInt().default(2).describe('Batches per evaluation.'),
     logEvery: posInt().default(1).describe('Steps between log lines.'),
     seed: z.int().min(0).default(1234).describe('Seed of the initialisation and the data order.'),
+    lengthSchedule: z
+      .array(
+        z.strictObject({
+          seqLen: sizeSchema.describe('Tokens per sequence in this stage (size), below train.seqLen.'),
+          steps: posInt().describe('Updates in this stage.'),
+          batch: posInt().optional().describe('Sequences per step in this stage. Default: train.batch.'),
+        }),
+      )
+      .default(() => [])
+      .describe(
+        'Shorter sequences first, in this order, before the rest of the steps at train.seqLen (as long-context training does: a retrieval that is learned where the gradient is not spread over every position carries over to long sequences). Evaluation is always at train.seqLen. Empty: every step at train.seqLen.',
+      ),
   })
   .superRefine((t, ctx) => {
     if (t.minLr > t.lr) ctx.addIssue({ code: 'custom', path: ['minLr'], message: `minLr ${t.minLr} is larger than lr ${t.lr}` });
+    t.lengthSchedule.forEach((stage, i) => {
+      if (stage.seqLen >= t.seqLen) {
+        ctx.addIssue({ code: 'custom', path: ['lengthSchedule', i, 'seqLen'], message: `stage seqLen ${stage.seqLen} must be shorter than train.seqLen ${t.seqLen}` });
+      }
+    });
+    const staged = t.lengthSchedule.reduce((n, stage) => n + stage.steps, 0);
+    if (staged >= t.steps) {
+      ctx.addIssue({ code: 'custom', path: ['lengthSchedule'], message: `the stages take ${staged} of the ${t.steps} steps and leave none at train.seqLen ${t.seqLen}` });
+    }
   })
   .describe('Training.');
+
+const PasskeySchema = z
+  .strictObject({
+    valueTokens: posInt().default(4).describe('Tokens of the planted value: the answer, scored after the query.'),
+    minDepth: z.number().min(0).lt(1).default(0).describe('The key and value lie at or after this fraction of the sequence.'),
+    maxDepth: z.number().gt(0).max(1).default(1).describe('The key and value lie before this fraction of the sequence.'),
+  })
+  .superRefine((p, ctx) => {
+    if (p.minDepth >= p.maxDepth) ctx.addIssue({ code: 'custom', path: ['maxDepth'], message: `maxDepth ${p.maxDepth} must be larger than minDepth ${p.minDepth}` });
+  })
+  .describe('The passkey task (`kind: passkey`): a key and value planted in random filler, asked for at the end.');
 
 const DataSchema = z
   .strictObject({
     kind: z
-      .enum(['text', 'copy', 'recall'])
+      .enum(['text', 'copy', 'recall', 'passkey'])
       .default('text')
-      .describe('`text`: next-byte prediction on text files; `copy` and `recall`: synthetic long-range tasks.'),
+      .describe('`text`: next-byte prediction on text files; `copy`, `recall` and `passkey`: synthetic long-range tasks.'),
     paths: z
       .array(z.string().min(1))
       .default(() => [])
       .describe('Text files or globs, relative to the spec file; empty = the built-in corpus.'),
     evalFraction: z.number().min(0).lt(1).default(0.05).describe('Fraction of the text held out for evaluation.'),
+    passkey: PasskeySchema.prefault({}),
   })
   .describe('Training data.');
 

@@ -8,6 +8,7 @@ const JOBS: Record<string, () => Promise<JobDefinition>> = {
   attn: async () => (await import('../attention/attn-job.js')).attnJob,
   bench: async () => (await import('../bench/job.js')).benchJob,
   train: async () => (await import('../train/job.js')).trainJob,
+  eval: async () => (await import('../train/eval-job.js')).evalJob,
 };
 
 export const JOB_KINDS = Object.keys(JOBS);

@@ -103,7 +103,7 @@ export interface Model {
    */
   step(shard: Shard, attn: AttentionOp, lossScale: number): Promise<{ lossSum: number; tokens: number }>;
   /** Forward only: the shard's loss sum, with the same attention calls as step's forward. */
-  loss(shard: Shard, attn: AttentionOp): Promise<{ lossSum: number; tokens: number }>;
+  loss(shard: Shard, attn: AttentionOp): Promise<{ lossSum: number; tokens: number; correct: number }>;
   /** Forward only: logits [n - fromRow, vocab] of the shard's rows from `fromRow`. */
   logits(shard: Pick<Shard, 'tokens' | 'positions'>, attn: AttentionOp, fromRow?: number): Promise<Float32Array>;
 }
@@ -235,11 +235,16 @@ export function createModel(engine: Engine, cfg: ModelConfig, opts: ModelOptions
     return { hcs, lg };
   }
 
-  /** Loss of the final hidden state, chunk by chunk; with a gradient scale, dL/dx into dx as well. */
-  async function head(n: number, targetIds: Int32Array, gradScale: number | null): Promise<{ lossSum: number; tokens: number }> {
+  /**
+   * Loss of the final hidden state, chunk by chunk; with a gradient scale, dL/dx
+   * into dx as well, without one (evaluation) also how many targets are the
+   * logits' argmax (ties go to the lower id).
+   */
+  async function head(n: number, targetIds: Int32Array, gradScale: number | null): Promise<{ lossSum: number; tokens: number; correct: number }> {
     engine.zero(loss);
     if (gradScale !== null) engine.zero(rows(dx, 0, n, d));
     let count = 0;
+    let correct = 0;
     for (const [s, len] of chunksOf(n)) {
       let c = 0;
       for (let i = s; i < s + len; i++) if (targetIds[i] >= 0) c++;
@@ -247,7 +252,10 @@ export function createModel(engine: Engine, cfg: ModelConfig, opts: ModelOptions
       count += c;
       const { hcs, lg } = headLogits(s, len);
       engine.crossEntropy(len, V, lg, slice(targets, s, len), loss, gradScale);
-      if (gradScale === null) continue;
+      if (gradScale === null) {
+        correct += argmaxHits(await engine.read(lg), targetIds, s, len);
+        continue;
+      }
       const dhs = slice(dhc, 0, len * d);
       if (G.head && W.head) {
         engine.matmul({ m: len, n: d, k: V, transB: true }, dhs, lg, W.head);
@@ -259,7 +267,20 @@ export function createModel(engine: Engine, cfg: ModelConfig, opts: ModelOptions
       engine.normBackward(normShape(len), rows(dx, s, len, d), G.finalNorm, G.finalNormBias, dhs, rows(xs[L], s, len, d), W.finalNorm);
     }
     const lossSum = (await engine.read(loss))[0];
-    return { lossSum, tokens: count };
+    return { lossSum, tokens: count, correct };
+  }
+
+  /** Rows of logits [len, V] (rows s.. of the shard) whose largest entry is the target. */
+  function argmaxHits(lg: Float32Array, targetIds: Int32Array, s: number, len: number): number {
+    let hits = 0;
+    for (let r = 0; r < len; r++) {
+      const t = targetIds[s + r];
+      if (t < 0) continue;
+      let best = 0;
+      for (let c = 1; c < V; c++) if (lg[r * V + c] > lg[r * V + best]) best = c;
+      if (best === t) hits++;
+    }
+    return hits;
   }
 
   async function backward(n: number, attn: AttentionOp): Promise<void> {

@@ -49,21 +49,29 @@ export interface ChartOptions {
   height?: number;
 }
 
+/** One line of a chart: `name` is its SVG class, `label` its legend entry. */
+export interface Series {
+  name: string;
+  label: string;
+  color: string;
+  dashed?: boolean;
+  /** Dots at the points (sparse series such as evaluations). */
+  dots?: boolean;
+  points: ReadonlyArray<readonly [number, number]>;
+}
+
 /**
- * An SVG of train and eval loss against step, with ticked axes, axis labels and
- * a legend. Self-contained (no scripts, no external fonts), so any browser or
- * image viewer shows it.
+ * An SVG of lines against step, with ticked axes, axis labels and a legend.
+ * Self-contained (no scripts, no external fonts), so any browser or image viewer shows it.
  */
-export function renderLossChart(points: readonly LossPoint[], opts: ChartOptions = {}): string {
+export function renderChart(series: readonly Series[], opts: ChartOptions & { yLabel: string; yRange?: [number, number] }): string {
   const W = opts.width ?? 720;
   const H = opts.height ?? 420;
   const m = { l: 64, r: 24, t: 40, b: 52 };
   const pw = W - m.l - m.r;
   const ph = H - m.t - m.b;
-  const train = points.filter((p) => Number.isFinite(p.loss)).map((p) => [p.step, p.loss as number] as const);
-  const evals = points.filter((p) => Number.isFinite(p.evalLoss)).map((p) => [p.step, p.evalLoss as number] as const);
-  const all = [...train, ...evals];
-  const title = esc(opts.title ?? 'Loss');
+  const all = series.flatMap((s) => s.points);
+  const title = esc(opts.title ?? '');
   const out: string[] = [];
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
   out.push(`<rect width="${W}" height="${H}" fill="white"/>`);
@@ -74,7 +82,8 @@ export function renderLossChart(points: readonly LossPoint[], opts: ChartOptions
     return out.join('\n') + '\n';
   }
   const xs = niceTicks(Math.min(0, ...all.map((p) => p[0])), Math.max(1, ...all.map((p) => p[0])), 8);
-  const ys = niceTicks(Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1])), 6);
+  const [yLo, yHi] = opts.yRange ?? [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
+  const ys = niceTicks(yLo, yHi, 6);
   const X = (v: number): number => m.l + ((v - xs.lo) / (xs.hi - xs.lo)) * pw;
   const Y = (v: number): number => m.t + ph - ((v - ys.lo) / (ys.hi - ys.lo)) * ph;
   const r = (v: number): string => v.toFixed(1);
@@ -91,24 +100,36 @@ export function renderLossChart(points: readonly LossPoint[], opts: ChartOptions
   out.push(`<line x1="${m.l}" x2="${m.l}" y1="${m.t}" y2="${m.t + ph}" stroke="#333"/>`);
   out.push(`<line x1="${m.l}" x2="${m.l + pw}" y1="${m.t + ph}" y2="${m.t + ph}" stroke="#333"/>`);
   out.push(`<text x="${m.l + pw / 2}" y="${H - 12}" text-anchor="middle">step</text>`);
-  out.push(`<text transform="translate(16 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle">loss (nats/token)</text>`);
+  out.push(`<text transform="translate(16 ${m.t + ph / 2}) rotate(-90)" text-anchor="middle">${esc(opts.yLabel)}</text>`);
 
-  const path = (pts: readonly (readonly [number, number])[]): string =>
-    pts.map((p, i) => `${i === 0 ? 'M' : 'L'}${r(X(p[0]))},${r(Y(p[1]))}`).join(' ');
-  if (train.length > 0) {
-    out.push(`<path class="train" d="${path(train)}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>`);
+  const path = (pts: Series['points']): string => pts.map((p, i) => `${i === 0 ? 'M' : 'L'}${r(X(p[0]))},${r(Y(p[1]))}`).join(' ');
+  const dash = (s: Series) => (s.dashed ? ' stroke-dasharray="5 3"' : '');
+  for (const s of series) {
+    if (s.points.length === 0) continue;
+    out.push(`<path class="${esc(s.name)}" d="${path(s.points)}" fill="none" stroke="${s.color}" stroke-width="1.5"${dash(s)}/>`);
+    if (s.dots) for (const p of s.points) out.push(`<circle cx="${r(X(p[0]))}" cy="${r(Y(p[1]))}" r="2.5" fill="${s.color}"/>`);
   }
-  if (evals.length > 0) {
-    out.push(`<path class="eval" d="${path(evals)}" fill="none" stroke="#d62728" stroke-width="1.5" stroke-dasharray="5 3"/>`);
-    for (const p of evals) out.push(`<circle cx="${r(X(p[0]))}" cy="${r(Y(p[1]))}" r="2.5" fill="#d62728"/>`);
-  }
-  const lx = m.l + pw - 120;
-  out.push(`<line x1="${lx}" x2="${lx + 22}" y1="${m.t + 10}" y2="${m.t + 10}" stroke="#1f77b4" stroke-width="2"/>`);
-  out.push(`<text x="${lx + 28}" y="${m.t + 14}">train loss</text>`);
-  out.push(`<line x1="${lx}" x2="${lx + 22}" y1="${m.t + 28}" y2="${m.t + 28}" stroke="#d62728" stroke-width="2" stroke-dasharray="5 3"/>`);
-  out.push(`<text x="${lx + 28}" y="${m.t + 32}">eval loss</text>`);
+  const lx = m.l + pw - 200;
+  series.forEach((s, i) => {
+    const y = m.t + 10 + 18 * i;
+    out.push(`<line x1="${lx}" x2="${lx + 22}" y1="${y}" y2="${y}" stroke="${s.color}" stroke-width="2"${dash(s)}/>`);
+    out.push(`<text x="${lx + 28}" y="${y + 4}">${esc(s.label)}</text>`);
+  });
   out.push('</svg>');
   return out.join('\n') + '\n';
+}
+
+/** Train and eval loss against step. */
+export function renderLossChart(points: readonly LossPoint[], opts: ChartOptions = {}): string {
+  const train = points.filter((p) => Number.isFinite(p.loss)).map((p) => [p.step, p.loss as number] as const);
+  const evals = points.filter((p) => Number.isFinite(p.evalLoss)).map((p) => [p.step, p.evalLoss as number] as const);
+  return renderChart(
+    [
+      { name: 'train', label: 'train loss', color: '#1f77b4', points: train },
+      { name: 'eval', label: 'eval loss', color: '#d62728', dashed: true, dots: true, points: evals },
+    ],
+    { ...opts, title: opts.title ?? 'Loss', yLabel: 'loss (nats/token)' },
+  );
 }
 
 /** Rewrites the chart atomically, so a viewer refreshing it never reads half a file. */

@@ -105,14 +105,16 @@ function defaultCorpusChunks(root: string, maxBytes: number): Chunk[] {
   for (const s of sources) {
     let taken = 0;
     for (const f of s.files) {
-      const room = Math.min(s.share - taken, maxBytes - total);
+      // loadCorpus joins files with a newline: the cap counts it.
+      const sep = out.length > 0 ? 1 : 0;
+      const room = Math.min(s.share - taken, maxBytes - total - sep);
       if (room <= 0) break;
       let data = stripSourceMaps(readFileSync(f));
       if (data.length === 0) continue;
       if (data.length > room) data = data.subarray(0, room);
       out.push({ path: f, data });
       taken += data.length;
-      total += data.length;
+      total += data.length + sep;
     }
   }
   return out;

@@ -4,7 +4,7 @@ import { deriveSeed, Rng } from '../tensor/random.js';
 import { BYTE_VOCAB, loadCorpus, type Corpus } from './corpus.js';
 
 export type Split = 'train' | 'eval';
-export type DataKind = 'text' | 'copy' | 'recall';
+export type DataKind = 'text' | 'copy' | 'recall' | 'passkey';
 
 /**
  * One training sequence seen whole: `tokens` holds seqLen+1 tokens and
@@ -15,6 +15,8 @@ export type DataKind = 'text' | 'copy' | 'recall';
 export interface Window {
   tokens: Int32Array;
   targets: Int32Array;
+  /** Passkey: where the planted key sits, as a fraction of seqLen (for accuracy by depth). */
+  depth?: number;
 }
 
 /**
@@ -129,6 +131,65 @@ export function recallWindow(seqLen: number, vocab: number, rng: Rng): Window {
   return { tokens, targets };
 }
 
+/** The passkey task's options (the spec's `data.passkey`). */
+export interface PasskeyOptions {
+  /** Answer tokens: the value planted after the key and asked for at the end. */
+  valueTokens: number;
+  /** The planted key and value lie within [minDepth, maxDepth) of the sequence. */
+  minDepth: number;
+  maxDepth: number;
+}
+
+/**
+ * Token layout of the passkey task: filler tokens, the key and query markers,
+ * then one block of `perValue` tokens for each answer position. Answer token j
+ * is drawn from block j, so one attention layer can retrieve it by content
+ * (query "answer j" matches key "a token of block j"), wherever it was planted:
+ * the task tests reach across the sequence, not a copying circuit.
+ */
+export function passkeyAlphabet(vocab: number, valueTokens: number): { fillers: number; key: number; query: number; valueBase: number; perValue: number } {
+  const perValue = Math.floor((vocab - 2) / (valueTokens + 1));
+  const fillers = vocab - 2 - valueTokens * perValue;
+  return { fillers, key: fillers, query: fillers + 1, valueBase: fillers + 2, perValue };
+}
+
+/** The range of key positions the depth range allows: the key and its value lie in [minDepth, maxDepth) * seqLen, before the query. */
+export function passkeySpan(seqLen: number, o: PasskeyOptions): { first: number; last: number } {
+  const L = o.valueTokens;
+  const first = Math.ceil(o.minDepth * seqLen);
+  // The query marker sits at seqLen - L; the planted value must end before it.
+  const end = Math.min(Math.floor(o.maxDepth * seqLen), seqLen - L);
+  return { first, last: end - (L + 1) };
+}
+
+/**
+ * Passkey retrieval: random filler, a key marker followed by a random value of
+ * `valueTokens` tokens at a random depth, and at the end the query marker
+ * followed by the same value. Only the value after the query is scored: the
+ * answer exists only where it was planted, on another rank once the sequence
+ * is sharded, so only attention across shards can solve it.
+ */
+export function passkeyWindow(seqLen: number, vocab: number, o: PasskeyOptions, rng: Rng): Window {
+  const a = passkeyAlphabet(vocab, o.valueTokens);
+  const L = o.valueTokens;
+  const { first, last } = passkeySpan(seqLen, o);
+  if (a.fillers < 1 || a.perValue < 2 || last < first) throw new Error('passkeyWindow: the vocabulary or sequence is too small (createDataSource checks this)');
+  const tokens = new Int32Array(seqLen + 1);
+  for (let i = 0; i <= seqLen; i++) tokens[i] = rng.int(a.fillers);
+  const p = first + rng.int(last - first + 1);
+  const q = seqLen - L;
+  tokens[p] = a.key;
+  tokens[q] = a.query;
+  const targets = new Int32Array(seqLen).fill(-1);
+  for (let j = 0; j < L; j++) {
+    const v = a.valueBase + j * a.perValue + rng.int(a.perValue);
+    tokens[p + 1 + j] = v;
+    tokens[q + 1 + j] = v;
+    targets[q + j] = v;
+  }
+  return { tokens, targets, depth: p / seqLen };
+}
+
 /** This rank's part of a window: tokens at `positions`, their targets (the next token of the full window). */
 export function shardOf(window: Window, positions: Int32Array): Shard {
   const n = positions.length;
@@ -155,7 +216,10 @@ export interface DataSpecLike {
   kind: DataKind;
   paths: readonly string[];
   evalFraction: number;
+  passkey?: PasskeyOptions;
 }
+
+export const PASSKEY_DEFAULTS: PasskeyOptions = { valueTokens: 4, minDepth: 0, maxDepth: 1 };
 
 export interface DataSourceOptions {
   /** Directory relative `data.paths` are resolved against (the spec file's folder). */
@@ -186,6 +250,26 @@ export function createDataSource(
     if (seqLen < 7) throw new UserError(`the recall task needs train.seqLen >= 7, got ${seqLen}`);
     const n = Math.min(recallAlphabet(vocabSize).keys, Math.floor((seqLen + 1) / 8));
     return synthetic('recall', seqLen, (rng) => recallWindow(seqLen, vocabSize, rng), `associative recall, ${n} key/value pairs per sequence`);
+  }
+  if (data.kind === 'passkey') {
+    const o = data.passkey ?? PASSKEY_DEFAULTS;
+    const a = passkeyAlphabet(vocabSize, o.valueTokens);
+    if (a.fillers < 1 || a.perValue < 2) {
+      throw new UserError(`the passkey task with data.passkey.valueTokens ${o.valueTokens} needs model.vocabSize >= ${2 * (o.valueTokens + 1) + 2}, got ${vocabSize}`);
+    }
+    if (!(o.minDepth < o.maxDepth)) throw new UserError(`data.passkey.minDepth ${o.minDepth} must be below maxDepth ${o.maxDepth}`);
+    const span = passkeySpan(seqLen, o);
+    if (span.last < span.first) {
+      throw new UserError(
+        `train.seqLen ${seqLen} leaves no room for a key and ${o.valueTokens} value tokens between depths ${o.minDepth} and ${o.maxDepth} before the query; lengthen the sequence or widen the depths`,
+      );
+    }
+    return synthetic(
+      'passkey',
+      seqLen,
+      (rng) => passkeyWindow(seqLen, vocabSize, o, rng),
+      `passkey retrieval: ${o.valueTokens} answer tokens of ${a.perValue} values each, key at depth ${o.minDepth}-${o.maxDepth} among ${seqLen} tokens`,
+    );
   }
   if (vocabSize < BYTE_VOCAB) {
     throw new UserError(`text data is byte-level and needs model.vocabSize >= ${BYTE_VOCAB}, got ${vocabSize}`);

@@ -26,16 +26,17 @@ export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKern
       commMs += performance.now() - t0;
       return out;
     },
-    attention: () =>
+    // scope local: the same loop on a ring of one, over this rank's own block only.
+    attention: (positions, seqLen) =>
       ringAttentionOp({
-        ring,
+        ring: spec.attention.scope === 'local' ? null : ring,
         kernel,
         causal: spec.attention.causal,
         heads: spec.model.heads,
         kvHeads: spec.model.kvHeads,
         headDim: spec.model.dModel / spec.model.heads,
         overlap: spec.attention.overlap,
-        positionsOf: (r) => shardPositions(layout, spec.train.seqLen, ring.worldSize, r),
+        positionsOf: spec.attention.scope === 'local' ? () => positions : (r) => shardPositions(layout, seqLen, ring.worldSize, r),
         stats,
       }),
     timings: () => ({ computeMs: stats.computeMs, commMs, waitMs: stats.waitMs }),

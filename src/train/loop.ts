@@ -3,8 +3,8 @@ import { checkLayout, defaultLayout, shardPositions, type Layout } from '../atte
 import type { ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
 import { slice, type Engine } from '../engine/index.js';
-import { createModel, initParams, type Model } from '../model/index.js';
-import type { AttentionOp, ParamSpec, Params } from '../model/types.js';
+import { createModel, initParams, paramCount, paramSpecs, type Model } from '../model/index.js';
+import type { AttentionOp, ParamSpec } from '../model/types.js';
 import { CHART_FILE, writeLossChart, type LossPoint } from './chart.js';
 import { ensurePrivateDir, latestCheckpoint, listCheckpoints, saveCheckpoint, writeFileAtomic, type LoadedCheckpoint } from './checkpoint.js';
 import type { Corpus } from './corpus.js';
@@ -20,8 +20,8 @@ export interface TrainRing {
   worldSize: number;
   /** Elementwise sum over ranks, same result on every rank. */
   allReduceSum(x: Float32Array): Promise<Float32Array>;
-  /** Ring attention bound to this rank's shard positions. */
-  attention(positions: Int32Array): AttentionOp;
+  /** Ring attention bound to this rank's shard positions of a sequence of `seqLen` tokens. */
+  attention(positions: Int32Array, seqLen: number): AttentionOp;
   /** Cumulative, from the ring; the loop reports per-step deltas. */
   timings(): { computeMs: number; commMs: number; waitMs: number };
 }
@@ -67,9 +67,32 @@ export interface TrainResult {
    * windows are always the same ones.
    */
   evalLoss?: number;
+  /** Share of the held-out targets predicted exactly (argmax), at that evaluation. */
+  evalAccuracy?: number;
 }
 
+const MiB = 2 ** 20;
+
 export const SPEC_FILE = 'spec.json';
+
+/** One stage of train.lengthSchedule, or the final one at train.seqLen: steps [.., untilStep). */
+export interface LengthStage {
+  seqLen: number;
+  batch: number;
+  untilStep: number;
+}
+
+/** train.lengthSchedule's stages, then train.seqLen for the remaining steps. */
+export function lengthStages(t: Pick<ClusterSpec['train'], 'seqLen' | 'batch' | 'steps' | 'lengthSchedule'>): LengthStage[] {
+  const out: LengthStage[] = [];
+  let until = 0;
+  for (const st of t.lengthSchedule) {
+    until += st.steps;
+    out.push({ seqLen: st.seqLen, batch: st.batch ?? t.batch, untilStep: until });
+  }
+  out.push({ seqLen: t.seqLen, batch: t.batch, untilStep: Math.max(until, t.steps) });
+  return out;
+}
 
 /** The layout the spec asks for, `auto` resolved. */
 export function resolveLayout(attention: { causal: boolean; layout: string }): Layout {
@@ -123,7 +146,7 @@ async function resumeFromCheckpoint(
   ring: TrainRing,
   spec: ClusterSpec,
   opts: TrainOptions,
-  params: Params,
+  specs: readonly ParamSpec[],
   opt: OptimizerBuffers,
 ): Promise<ResumeState | null> {
   const header = new Float32Array(10);
@@ -133,7 +156,7 @@ async function resumeFromCheckpoint(
     try {
       ckpt = latestCheckpoint(opts.runDir, (m) => opts.log(m, { warning: true }));
       if (ckpt) {
-        const why = sameSpecs(ckpt.params.specs, params.specs);
+        const why = sameSpecs(ckpt.params.specs, specs);
         if (why) throw new UserError(`checkpoint ${ckpt.path} was written for a different model: ${why}`);
         const old = (ckpt.spec as Partial<ClusterSpec> | undefined)?.train;
         if (old) {
@@ -162,7 +185,7 @@ async function resumeFromCheckpoint(
     opts.log(`no checkpoint in ${opts.runDir}: starting from step 0`);
     return null;
   }
-  const n = params.flat.length;
+  const n = opt.params.length;
   const state = new Float32Array(3 * n);
   if (ckpt) {
     state.set(ckpt.params.flat, 0);
@@ -201,15 +224,15 @@ function delta(a: { computeMs: number; commMs: number; waitMs: number }, b: type
  * Mean held-out loss over evalBatches*batch fixed windows (the same windows at
  * every evaluation, so successive values are comparable).
  */
-async function evaluate(
-  ring: TrainRing,
+export async function evaluate(
+  ring: Pick<TrainRing, 'allReduceSum'>,
   model: Model,
   data: DataSource,
   positions: Int32Array,
   attn: AttentionOp,
   count: number,
   seed: number,
-): Promise<number> {
+): Promise<EvalResult> {
   const windows: Window[] = [];
   let total = 0;
   for (let j = 0; j < count; j++) {
@@ -217,13 +240,37 @@ async function evaluate(
     windows.push(w);
     total += countTargets(w);
   }
-  let local = 0;
-  for (const w of windows) {
-    const r = await model.loss(shardOf(w, positions), attn);
-    local += r.lossSum;
+  // Per window: this rank's loss share, then its hits; summed over ranks below.
+  const local = new Float32Array(2 * count);
+  for (let j = 0; j < count; j++) {
+    const r = await model.loss(shardOf(windows[j], positions), attn);
+    local[j] = total > 0 ? r.lossSum / total : 0;
+    local[count + j] = r.correct;
   }
-  const red = await ring.allReduceSum(Float32Array.of(total > 0 ? local / total : 0));
-  return red[0];
+  const red = await ring.allReduceSum(local);
+  let loss = 0;
+  let hits = 0;
+  const perWindow: EvalResult['perWindow'] = [];
+  for (let j = 0; j < count; j++) {
+    loss += red[j];
+    hits += red[count + j];
+    perWindow.push({ targets: countTargets(windows[j]), correct: red[count + j], depth: windows[j].depth });
+  }
+  return { loss, accuracy: total > 0 ? hits / total : 0, perWindow };
+}
+
+/** The held-out figures of one evaluation. */
+export interface EvalResult {
+  /** Mean loss over every scored target of the held-out windows. */
+  loss: number;
+  /** Share of those targets that are the model's most likely token. */
+  accuracy: number;
+  perWindow: Array<{ targets: number; correct: number; depth?: number }>;
+}
+
+/** This process's peak resident memory so far, in bytes. */
+function peakRss(): number {
+  return process.resourceUsage().maxRSS * 1024;
 }
 
 /**
@@ -243,19 +290,29 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
   if (!spec.attention.causal) {
     opts.log('attention.causal is false: every token sees its own target, so the next-token loss is meaningless', { warning: true });
   }
-  const positions = shardPositions(layout, t.seqLen, worldSize, rank);
   let faultStep = 0;
-  const attn = opts.fault ? withFaultPoints(ring.attention(positions), opts.fault, () => faultStep) : ring.attention(positions);
-  const data = createDataSource(spec.data, t.seqLen, cfg.vocabSize, { cwd: opts.dataCwd, corpus: opts.corpus });
+  const stages = lengthStages(t).map((st) => {
+    checkLayout(layout, st.seqLen, worldSize);
+    const positions = shardPositions(layout, st.seqLen, worldSize, rank);
+    const op = ring.attention(positions, st.seqLen);
+    const attn = opts.fault ? withFaultPoints(op, opts.fault, () => faultStep) : op;
+    const data = createDataSource(spec.data, st.seqLen, cfg.vocabSize, { cwd: opts.dataCwd, corpus: opts.corpus });
+    return { ...st, positions, attn, data };
+  });
+  // The last stage is train.seqLen: evaluation always runs there, and it sizes every buffer.
+  const { positions, attn, data } = stages[stages.length - 1];
+  const stageAt = (s: number) => stages.find((st) => s < st.untilStep) ?? stages[stages.length - 1];
 
-  const params = initParams(cfg, t.seed);
-  const P = params.flat.length;
-  // One buffer carries the gradients, this rank's share of the mean loss and the stop flag through the all-reduce.
-  const reduced = engine.floats(P + 2);
+  const specs = paramSpecs(cfg);
+  const P = paramCount(cfg);
+  // One buffer carries the gradients, this rank's share of the mean loss, the
+  // stop flag and every rank's peak RSS (in MiB, one slot per rank) through the all-reduce.
+  const reduced = engine.floats(P + 2 + worldSize);
   const model = createModel(engine, cfg, { maxTokens: positions.length, grads: slice(reduced, 0, P) });
   const opt: OptimizerBuffers = { params: model.params, grads: model.grads, m: engine.floats(P), v: engine.floats(P) };
   const normSq = engine.floats(1);
-  engine.write(model.params, params.flat);
+  // Not bound to a name: the initial values need not stay alive for the whole run.
+  engine.write(model.params, initParams(cfg, t.seed).flat);
   await engine.flush();
   const metrics = new MetricsLog(opts.runDir);
   const chartPath = join(opts.runDir, CHART_FILE);
@@ -271,8 +328,8 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
   let startStep = 0;
   let dataSeed = t.seed;
   let finalLoss = NaN;
-  let lastEval: number | undefined;
-  const resumed = opts.resume ? await resumeFromCheckpoint(ring, spec, opts, params, opt) : null;
+  let lastEval: EvalResult | undefined;
+  const resumed = opts.resume ? await resumeFromCheckpoint(ring, spec, opts, specs, opt) : null;
   if (resumed) {
     startStep = resumed.step;
     dataSeed = resumed.dataSeed;
@@ -289,7 +346,8 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
   }
   opts.log(
     `training ${P} parameters on ${data.describe()}; rank ${rank}/${worldSize}, ${layout} layout, ` +
-      `${t.batch} x ${t.seqLen} tokens per step, steps ${startStep + 1}..${t.steps}`,
+      `${t.batch} x ${t.seqLen} tokens per step, steps ${startStep + 1}..${t.steps}` +
+      (stages.length > 1 ? ` (first ${stages.slice(0, -1).map((st) => `to step ${st.untilStep} at ${st.batch} x ${st.seqLen}`).join(', then ')})` : ''),
     { params: P, layout, rank, worldSize, startStep, steps: t.steps },
   );
 
@@ -301,7 +359,7 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
     const state: AdamWState = { m: await engine.read(opt.m), v: await engine.read(opt.v), step };
     const path = saveCheckpoint(
       opts.runDir,
-      { step, params: { flat: await engine.read(model.params), specs: params.specs }, opt: state, dataState, spec, extra: { loss, worldSize, layout } },
+      { step, params: { flat: await engine.read(model.params), specs }, opt: state, dataState, spec, extra: { loss, worldSize, layout } },
       { keep: opts.keepCheckpoints, ...(opts.fault ? { afterFirstFile: () => opts.fault!('checkpoint', step) } : {}) },
     );
     opts.log(`checkpoint ${path}`, { step, checkpoint: path });
@@ -315,11 +373,12 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
       const t0 = performance.now();
       const ring0 = ring.timings();
       const lr = learningRate(s, t);
+      const stage = stageAt(s);
 
       const windows: Window[] = [];
       let tokens = 0;
-      for (let b = 0; b < t.batch; b++) {
-        const w = data.windowFor(s, b, 'train', dataSeed);
+      for (let b = 0; b < stage.batch; b++) {
+        const w = stage.data.windowFor(s, b, 'train', dataSeed);
         windows.push(w);
         tokens += countTargets(w);
       }
@@ -329,12 +388,13 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
       engine.zero(reduced);
       let lossSum = 0;
       for (const w of windows) {
-        const r = await model.step(shardOf(w, positions), attn, scale);
+        const r = await model.step(shardOf(w, stage.positions), stage.attn, scale);
         lossSum += r.lossSum;
       }
       const buf = await engine.read(reduced);
       buf[P] = lossSum * scale;
       buf[P + 1] = opts.signal?.aborted ? 1 : 0;
+      buf[P + 2 + rank] = peakRss() / MiB;
       const ta = performance.now();
       const reducing = ring.allReduceSum(buf);
       opts.fault?.('allreduce', s + 1);
@@ -342,6 +402,7 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
       const allReduceMs = performance.now() - ta;
       const loss = red[P];
       const stop = red[P + 1] > 0;
+      const peakRssByRank = Array.from(red.subarray(P + 2, P + 2 + worldSize), (x) => Math.round(x * MiB));
       engine.write(model.grads, red.subarray(0, P));
       engine.sumSquares(normSq, model.grads);
       const gradNorm = Math.sqrt((await engine.read(normSq))[0]);
@@ -352,16 +413,19 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
       }
       const to = performance.now();
       const hp = { lr, beta1: t.beta1, beta2: t.beta2, eps: t.eps, weightDecay: t.weightDecay };
-      adamwUpdate(engine, params.specs, opt, s + 1, hp, clipScale(gradNorm, t.gradClip));
+      adamwUpdate(engine, specs, opt, s + 1, hp, clipScale(gradNorm, t.gradClip));
       await engine.flush();
       const optimizerMs = performance.now() - to;
       step = s + 1;
       finalLoss = loss;
 
       let evalLoss: number | undefined;
+      let evalAccuracy: number | undefined;
       if (doEval && (step % t.evalEvery === 0 || step === t.steps)) {
-        evalLoss = await evaluate(ring, model, data, positions, attn, evalCount, dataSeed);
-        lastEval = evalLoss;
+        const e = await evaluate(ring, model, data, positions, attn, evalCount, dataSeed);
+        evalLoss = e.loss;
+        evalAccuracy = e.accuracy;
+        lastEval = e;
       }
 
       const stepMs = performance.now() - t0;
@@ -369,10 +433,11 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
       const m: StepMetrics = {
         step,
         loss,
-        ...(evalLoss !== undefined ? { evalLoss } : {}),
+        ...(evalLoss !== undefined ? { evalLoss, evalAccuracy } : {}),
         lr,
         gradNorm,
-        tokensPerSec: (t.batch * t.seqLen) / (stepMs / 1000),
+        seqLen: stage.seqLen,
+        tokensPerSec: (stage.batch * stage.seqLen) / (stepMs / 1000),
         stepMs,
         computeMs: Math.max(0, stepMs - d.commMs - d.waitMs),
         commMs: d.commMs,
@@ -381,6 +446,8 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
         allReduceMs,
         optimizerMs,
         tokens,
+        peakRssBytes: Math.max(...peakRssByRank),
+        peakRssByRank,
         time: new Date().toISOString(),
       };
 
@@ -397,7 +464,7 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
       }
       if (step % t.logEvery === 0 || step === t.steps || evalLoss !== undefined) {
         opts.log(
-          `step ${step}/${t.steps} loss ${loss.toFixed(4)}${evalLoss !== undefined ? ` eval ${evalLoss.toFixed(4)}` : ''}`,
+          `step ${step}/${t.steps} loss ${loss.toFixed(4)}${evalLoss !== undefined ? ` eval ${evalLoss.toFixed(4)} accuracy ${evalAccuracy!.toFixed(3)}` : ''}`,
           m,
         );
       }
@@ -410,5 +477,5 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
   } finally {
     progress?.done();
   }
-  return { finalLoss, steps: step, ...(lastEval !== undefined ? { evalLoss: lastEval } : {}) };
+  return { finalLoss, steps: step, ...(lastEval !== undefined ? { evalLoss: lastEval.loss, evalAccuracy: lastEval.accuracy } : {}) };
 }

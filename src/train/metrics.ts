@@ -10,9 +10,13 @@ export interface StepMetrics {
   loss: number;
   /** Mean loss on the held-out windows, on steps where it was measured. */
   evalLoss?: number;
+  /** Share of the held-out targets that are the model's argmax, with evalLoss. */
+  evalAccuracy?: number;
   lr: number;
   /** Global gradient norm before clipping. */
   gradNorm: number;
+  /** Tokens per sequence of this update (below train.seqLen in a train.lengthSchedule stage). */
+  seqLen: number;
   /** Tokens of the whole batch (all ranks) per second of step time. */
   tokensPerSec: number;
   /** Wall time of the update on this rank. */
@@ -31,6 +35,10 @@ export interface StepMetrics {
   optimizerMs: number;
   /** Scored target tokens of the batch over all ranks. */
   tokens: number;
+  /** Largest peak resident memory of any rank's process so far (its maxRSS), in bytes. */
+  peakRssBytes: number;
+  /** Every rank's peak resident memory so far, in bytes, by rank. */
+  peakRssByRank: number[];
   /** Wall-clock time the record was written, ISO 8601. */
   time: string;
 }
