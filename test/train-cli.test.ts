@@ -74,3 +74,48 @@ test('an engine that cannot load: auto falls back with one line saying why; aske
   assert.match(asked.stderr, /^ringattn: job train failed: rank \d \(local\) native engine unavailable: .*instruction set 'sse9' is not usable/m);
   assert.deepEqual(workerPids(29500), []);
 });
+
+test('ringattn eval on the ring reproduces the training run\'s last held-out accuracy, by depth, and --set changes the run', async () => {
+  const spec = path.join(tmp, 'passkey.yaml');
+  writeFileSync(
+    spec,
+    [
+      'name: passkey-ci',
+      'hosts: [{ name: local, address: 127.0.0.1, slots: 2 }]',
+      'model: { vocabSize: 32, dModel: 16, layers: 1, heads: 2, ffnHidden: 32 }',
+      'train: { steps: 4, seqLen: 64, warmupSteps: 1, checkpointEvery: 0, evalEvery: 4, evalBatches: 6 }',
+      'data: { kind: passkey, passkey: { valueTokens: 2 } }',
+    ].join('\n'),
+  );
+  const runDir = path.join(tmp, 'passkey');
+  const t = await runCli(['train', '--config', spec, '--run-dir', runDir, '--quiet', '--set', 'train.lr=0.01']);
+  assert.equal(t.code, 0, t.stderr);
+  assert.equal(JSON.parse(readFileSync(path.join(runDir, 'spec.json'), 'utf8')).train.lr, 0.01, '--set reached the run');
+  const last = readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).pop();
+  assert.equal(typeof last.evalAccuracy, 'number');
+  assert.equal(last.peakRssByRank.length, 2);
+
+  const e = await runCli(['eval', '--checkpoint', runDir, '--samples', '6', '--buckets', '4', '--json']);
+  assert.equal(e.code, 0, e.stderr);
+  const r = JSON.parse(e.stdout);
+  assert.equal(r.task, 'passkey');
+  assert.equal(r.workers, 2);
+  assert.equal(r.accuracy, last.evalAccuracy, 'the same windows and parameters give the same accuracy');
+  assert.ok(Math.abs(r.loss - last.evalLoss) <= 1e-6 * last.evalLoss, `${r.loss} vs ${last.evalLoss}`);
+  assert.equal(r.byDepth.length, 4);
+  assert.equal(r.byDepth.reduce((n: number, b: { samples: number }) => n + b.samples, 0), 6);
+
+  const one = JSON.parse((await runCli(['eval', '--checkpoint', runDir, '--samples', '6', '--workers', '1', '--json'])).stdout);
+  assert.equal(one.workers, 1);
+  assert.ok(Math.abs(one.loss - r.loss) <= 1e-5 * r.loss, `a ring of 1 gives the same loss: ${one.loss} vs ${r.loss}`);
+
+  const bad = await runCli(['eval', '--checkpoint', runDir, '--set', 'model.dModel=32']);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /^ringattn: .* holds \d+ parameters, the model of the spec \d+/);
+  const task = await runCli(['eval', '--checkpoint', runDir, '--task', 'poetry']);
+  assert.equal(task.code, 2);
+  assert.match(task.stderr, /^ringattn: --task: expected one of text, copy, recall, passkey, got "poetry"/);
+  const set = await runCli(['train', '--config', spec, '--set', 'attention.scope=far']);
+  assert.equal(set.code, 2);
+  assert.match(set.stderr, /^ringattn: --set attention\.scope=far: attention\.scope: /);
+});

@@ -13,10 +13,11 @@ import { formatSize, parseSize, resolvedLaunch, specFromObject, workerThreads, w
 import { UserError } from '../errors.js';
 import { runJob } from '../launch/launcher.js';
 import { selectBackend } from '../tensor/backend.js';
-import { intFlag, resolveSpec } from './common.js';
+import { intFlag, resolveSpec, SET_OPTION } from './common.js';
 
 interface BenchOptions {
   seqLen?: string;
+  set?: string[];
   config?: string;
   workers?: string;
   backend?: string;
@@ -111,7 +112,7 @@ function stamp(): string {
 }
 
 async function runOne(o: BenchOptions, out: (line: string) => void): Promise<void> {
-  const spec = resolveSpec({ config: o.config, workers: o.workers, backend: o.backend, kernel: o.kernel });
+  const spec = resolveSpec({ config: o.config, workers: o.workers, backend: o.backend, kernel: o.kernel, set: o.set });
   const p = resolveParams(spec, o);
   const fits = precheck(spec, p);
   const plan = benchPlan(p);
@@ -133,7 +134,7 @@ async function runSweep(o: BenchOptions, out: (line: string) => void): Promise<v
   } else if (o.seqLen !== undefined || o.seqPerWorker !== undefined) {
     throw new UserError('--sweep seq-len sets the sequence length; drop --seq-len and --seq-per-worker');
   }
-  const specOf = (value: number) => resolveSpec({ config: sweep.variable === 'workers' ? undefined : o.config, workers: sweep.variable === 'workers' ? value : o.workers, backend: o.backend, kernel: o.kernel });
+  const specOf = (value: number) => resolveSpec({ config: sweep.variable === 'workers' ? undefined : o.config, workers: sweep.variable === 'workers' ? value : o.workers, backend: o.backend, kernel: o.kernel, set: o.set });
   const first = specOf(sweep.values[0]);
   const outDir = path.resolve(o.out ?? path.join(first.runDir, `bench-sweep-${stamp()}`));
   mkdirSync(outDir, { recursive: true });
@@ -177,6 +178,7 @@ export function benchCommand(): Command {
     .option('--seq-len <size>', 'total sequence length (K/M are powers of two: 8M = 8388608; default: the spec\'s bench.seqLen)')
     .option('--config <file>', 'cluster spec (YAML; default: the localhost ring)')
     .option('--workers <n>', 'ring of N local workers (instead of --config)')
+    .option(...SET_OPTION)
     .option('--backend <name>', 'tfjs backend: auto, tensorflow-gpu, tensorflow, wasm, cpu (overrides the spec)')
     .option('--kernel <name>', 'attention kernel: auto, native, tfjs, reference (overrides the spec)')
     .option('--heads <n>', `query heads (default: bench.heads, ${BENCH_SHAPE_DEFAULTS.heads} for the default spec)`)

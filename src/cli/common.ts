@@ -47,12 +47,19 @@ export function withSetting(spec: ClusterSpec, assignment: string): unknown {
   return root;
 }
 
+/** `--set FIELD=VALUE`, repeatable: every command that runs a spec takes it. */
+export const SET_OPTION = [
+  '--set <field=value>',
+  'override one spec field, the value read as YAML, e.g. --set attention.scope=local (repeatable)',
+  (v: string, acc: string[] = []) => [...acc, v],
+] as const;
+
 /** The flags every ring command shares: where the ring is, and what computes. */
 export function ringOptions(cmd: Command, opts: { workers?: boolean } = {}): Command {
   cmd.option('--config <file>', 'cluster spec (YAML); default: the localhost ring of configs/localhost.yaml');
   if (opts.workers) cmd.option('--workers <n>', 'a ring of N local workers instead of the spec\'s hosts');
   return cmd
-    .option('--set <field=value>', 'override one spec field, e.g. --set attention.scope=local (repeatable)', (v: string, acc: string[] = []) => [...acc, v])
+    .option(...SET_OPTION)
     .option('--backend <name>', 'tfjs backend: auto, tensorflow-gpu, tensorflow, wasm, cpu (overrides the spec)')
     .option('--kernel <name>', 'attention kernel: auto, native, tfjs, reference (overrides the spec)');
 }

@@ -6,7 +6,7 @@ import { specFromObject, worldSize, type ClusterSpec } from '../config/index.js'
 import type { DoctorReport } from '../launch/doctor-job.js';
 import { runJob, runJobWithRestarts } from '../launch/launcher.js';
 import { writeMachineFile } from '../plan/presets.js';
-import { intFlag, resolveSpec, ringOptions, withSetting } from './common.js';
+import { intFlag, resolveSpec, ringOptions, SET_OPTION, withSetting } from './common.js';
 import { benchCommand } from './bench.js';
 import { planCommand } from './plan.js';
 import { workerCommand } from './worker.js';
@@ -152,7 +152,7 @@ function evalCommand(): Command {
     .option('--samples <n>', 'held-out sequences', '64')
     .option('--buckets <n>', 'depth buckets of the report', '8')
     .option('--workers <n>', 'a ring of N local workers instead of the run\'s hosts')
-    .option('--set <field=value>', 'override one field of the run\'s spec, e.g. --set data.passkey.minDepth=0 (repeatable)', (v: string, acc: string[] = []) => [...acc, v])
+    .option(...SET_OPTION)
     .option('--json', 'the result as JSON')
     .action(async (opts: { checkpoint: string; task?: string; samples: string; buckets: string; workers?: string; set?: string[]; json?: boolean }) => {
       const { resolveCheckpoint } = await import('../train/checkpoint.js');

@@ -64,7 +64,10 @@ export interface Series {
  * An SVG of lines against step, with ticked axes, axis labels and a legend.
  * Self-contained (no scripts, no external fonts), so any browser or image viewer shows it.
  */
-export function renderChart(series: readonly Series[], opts: ChartOptions & { yLabel: string; yRange?: [number, number] }): string {
+export function renderChart(
+  series: readonly Series[],
+  opts: ChartOptions & { yLabel: string; yRange?: [number, number]; /** Where the legend starts, as a share of the plot's height from its top. */ legendAt?: number },
+): string {
   const W = opts.width ?? 720;
   const H = opts.height ?? 420;
   const m = { l: 64, r: 24, t: 40, b: 52 };
@@ -111,7 +114,7 @@ export function renderChart(series: readonly Series[], opts: ChartOptions & { yL
   }
   const lx = m.l + pw - 200;
   series.forEach((s, i) => {
-    const y = m.t + 10 + 18 * i;
+    const y = m.t + 10 + (opts.legendAt ?? 0) * ph + 18 * i;
     out.push(`<line x1="${lx}" x2="${lx + 22}" y1="${y}" y2="${y}" stroke="${s.color}" stroke-width="2"${dash(s)}/>`);
     out.push(`<text x="${lx + 28}" y="${y + 4}">${esc(s.label)}</text>`);
   });
