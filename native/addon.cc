@@ -16,6 +16,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 #include "attn_kernel.h"
 #include "gemm.h"
 #include "runtime.h"
@@ -358,7 +362,25 @@ Napi::Value Isas(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// Large blocks straight from the kernel and back (glibc only). The ring's KV
+// chunks are allocated by ZeroMQ's I/O thread and freed on the JS thread when
+// the collector finalizes them; by default glibc raises its mmap threshold to
+// the size of the first such block freed, so every later multi-MiB block comes
+// from the I/O thread's malloc arena instead, and arena memory freed in the
+// middle of a heap stays resident. Measured: the per-worker peak grew with the
+// ring size (docs/benchmarks.md, "Memory per worker"). A fixed threshold keeps
+// every block >= 128 KiB an mmap of its own, returned to the OS by its free().
+// Done here because every worker that runs a ring loads the addon (the ring
+// does, see src/ring/transport.ts), however the worker was started (launcher,
+// ssh, a scheduler); MALLOC_MMAP_THRESHOLD_ set by the user wins.
+void fixMmapThreshold() {
+#if defined(__GLIBC__)
+  if (!std::getenv("MALLOC_MMAP_THRESHOLD_")) mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  fixMmapThreshold();
   exports.Set("forward", Napi::Function::New(env, Forward, "forward"));
   exports.Set("backward", Napi::Function::New(env, Backward, "backward"));
   exports.Set("isas", Napi::Function::New(env, Isas, "isas"));

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
 import { createNativeEngine, nativeEngineUnavailable } from '../src/engine/native.js';
 import { createTfjsEngine } from '../src/engine/tfjs.js';
-import { slice, type Engine, type Tensor } from '../src/engine/types.js';
+import { EngineMemory, slice, type Engine, type Tensor } from '../src/engine/types.js';
 import { loadEngine } from '../src/engine/index.js';
 import { UserError } from '../src/errors.js';
 import { selectBackend } from '../src/tensor/backend.js';
@@ -402,5 +402,38 @@ describe('engine selection', () => {
   test('unknown names and bad thread counts are user errors', async () => {
     await assert.rejects(loadEngine('gpu' as never, { threads: 1 }), (e: unknown) => e instanceof UserError && /unknown engine 'gpu'/.test((e as Error).message));
     await assert.rejects(loadEngine('auto', { threads: 0 }), UserError);
+  });
+});
+
+describe('engine memory cap', () => {
+  const capped: Array<{ label: string; make: (maxBytes: number) => Engine }> = [{ label: 'tfjs', make: (maxBytes) => createTfjsEngine({ maxBytes }) }];
+  if (!nativeMissing) capped.unshift({ label: 'native', make: (maxBytes) => createNativeEngine({ threads: 1, maxBytes }) });
+  for (const { label, make } of capped) {
+    test(`${label}: buffers up to the cap are allocated and usable; one byte past it is a one-line user error naming the cap`, async () => {
+      const e = make(1024);
+      const a = e.floats(200);
+      e.ints(56); // exactly 1024 bytes now
+      e.write(a, new Float32Array(200).fill(2));
+      assert.equal((await e.read(a))[199], 2);
+      const count = e.bufferCount();
+      assert.throws(
+        () => e.floats(1),
+        (err: unknown) =>
+          err instanceof UserError &&
+          !err.message.includes('\n') &&
+          new RegExp(`^${label} engine: out of engine memory: a float32\\[1\\] buffer .* past the cap of 0\\.0 MiB \\(1024 bytes, the engine option maxBytes\\)$`).test(err.message),
+      );
+      assert.equal(e.bufferCount(), count, 'nothing was allocated by the refused call');
+      e.dispose();
+    });
+  }
+  test('the cap comes from RINGATTN_ENGINE_MAX_BYTES when the option is absent, in bytes or a size', () => {
+    assert.equal(new EngineMemory('native', undefined, {}).maxBytes, null);
+    assert.equal(new EngineMemory('native', undefined, { RINGATTN_ENGINE_MAX_BYTES: '48M' }).maxBytes, 48 * 2 ** 20);
+    assert.equal(new EngineMemory('native', 4096, { RINGATTN_ENGINE_MAX_BYTES: '48M' }).maxBytes, 4096, 'the option wins');
+    const m = new EngineMemory('native', undefined, { RINGATTN_ENGINE_MAX_BYTES: '4096' });
+    m.take(1024, 'float32');
+    assert.throws(() => m.take(1, 'int32'), /int32\[1\] buffer .*\(4096 bytes, RINGATTN_ENGINE_MAX_BYTES\)$/);
+    assert.throws(() => new EngineMemory('native', undefined, { RINGATTN_ENGINE_MAX_BYTES: 'lots' }), (err: unknown) => err instanceof UserError && /RINGATTN_ENGINE_MAX_BYTES: expected a positive integer/.test((err as Error).message));
   });
 });

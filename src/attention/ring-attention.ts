@@ -174,6 +174,10 @@ export async function ringAttentionBackward(
   const qPos = cfg.positionsOf(rank);
   const grad = { dO, lse: saved.lse, delta: rowDelta(dO, saved.o, qPos.length, cfg.heads, cfg.headDim) };
   const dq = new Float32Array(saved.q.length);
+  // Our share of a block's dK/dV is computed into zeros, then added into the accumulator that
+  // arrived, and that accumulator travels on. So from step 1 on the share is one scratch pair,
+  // never sent (a sent array cannot be reused: ZeroMQ sends it zero-copy, later), zeroed per step.
+  let scratch: { dk: Float32Array; dv: Float32Array } | null = null;
   let kv: KVBlock = { owner: rank, k: saved.k, v: saved.v, seg: cfg.segments };
   for (let t = 0; t < n; t++) {
     const last = t === n - 1;
@@ -182,8 +186,17 @@ export async function ringAttentionBackward(
     // The accumulator for this block arrives from the predecessor while we compute our share into zeros.
     const incoming = t > 0 ? ring!.recv('dkv') : null;
     incoming?.catch(() => undefined);
-    const dk = new Float32Array(kv.k.length);
-    const dv = new Float32Array(kv.v.length);
+    let dk: Float32Array;
+    let dv: Float32Array;
+    if (incoming) {
+      scratch ??= { dk: new Float32Array(kv.k.length), dv: new Float32Array(kv.v.length) };
+      ({ dk, dv } = scratch);
+      dk.fill(0);
+      dv.fill(0);
+    } else {
+      dk = new Float32Array(kv.k.length);
+      dv = new Float32Array(kv.v.length);
+    }
     const args = blockArgs(cfg, saved.q, qPos, kv);
     if (cfg.stats) cfg.stats.steps++;
     if (isFullyMasked(args)) {
@@ -193,8 +206,11 @@ export async function ringAttentionBackward(
     }
     if (incoming) {
       const [pk, pv] = (await waitFor(cfg, 'wait dkv', incoming)).map((x) => x.data as Float32Array);
-      for (let i = 0; i < dk.length; i++) dk[i] += pk[i];
-      for (let i = 0; i < dv.length; i++) dv[i] += pv[i];
+      // pk + dk is dk + pk bit for bit: the sum is the one the share-then-add order always made.
+      for (let i = 0; i < pk.length; i++) pk[i] += dk[i];
+      for (let i = 0; i < pv.length; i++) pv[i] += dv[i];
+      dk = pk;
+      dv = pv;
     }
     if (n === 1) return { dq, dk, dv };
     // After the last step the block we hold belongs to our successor: this send is its trip home.

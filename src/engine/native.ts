@@ -1,5 +1,5 @@
 import { loadAddon } from './addon.js';
-import type { AdamWArgs, Engine, IntTensor, MatmulShape, NormShape, RopeShape, Tensor } from './types.js';
+import { EngineMemory, type AdamWArgs, type Engine, type IntTensor, type MatmulShape, type NormShape, type RopeShape, type Tensor } from './types.js';
 
 /**
  * The native CPU engine (native/engine.cc). Buffers are typed arrays bound to
@@ -42,6 +42,8 @@ export interface NativeEngineOptions {
   isa?: string;
   /** The SGEMM's cache blocking (src/engine/tuning.ts); default the SGEMM's own. */
   blocking?: { mc: number; kc: number; nc: number };
+  /** Cap on the bytes of all buffers; default RINGATTN_ENGINE_MAX_BYTES, else none (EngineMemory). */
+  maxBytes?: number;
 }
 
 /** Why the native engine cannot run here, or null when it can. */
@@ -65,6 +67,7 @@ export function createNativeEngine(opts: NativeEngineOptions): Engine {
   const isa = opts.isa ?? (process.env.RINGATTN_NATIVE_ISA || undefined);
   const handle = addon.engineCreate({ threads: opts.threads, ...(isa ? { isa } : {}), ...(opts.blocking ? { blocking: opts.blocking } : {}) });
   const arrays = new Map<number, Float32Array | Int32Array>();
+  const memory = new EngineMemory('native', opts.maxBytes);
   let nextId = 0;
 
   let ints = new Int32Array(1 << 12);
@@ -122,9 +125,11 @@ export function createNativeEngine(opts: NativeEngineOptions): Engine {
     name: 'native',
     description: `native ${addon.engineIsa(handle)}, ${opts.threads} thread${opts.threads === 1 ? '' : 's'}${opts.blocking ? `, GEMM blocking mc ${opts.blocking.mc} kc ${opts.blocking.kc}` : ''}`,
     floats(length) {
+      memory.take(length, 'float32');
       return { kind: 'f32', id: bind(new Float32Array(length)), offset: 0, length };
     },
     ints(length) {
+      memory.take(length, 'int32');
       return { kind: 'i32', id: bind(new Int32Array(length)), offset: 0, length };
     },
     bufferCount: () => arrays.size,

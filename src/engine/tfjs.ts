@@ -1,5 +1,5 @@
 import * as tf from '@tensorflow/tfjs';
-import type { AdamWArgs, Engine, IntTensor, MatmulShape, NormShape, RopeShape, Tensor } from './types.js';
+import { EngineMemory, type AdamWArgs, type Engine, type IntTensor, type MatmulShape, type NormShape, type RopeShape, type Tensor } from './types.js';
 
 /**
  * The tfjs engine: the fallback where the native addon cannot build, and the
@@ -7,10 +7,11 @@ import type { AdamWArgs, Engine, IntTensor, MatmulShape, NormShape, RopeShape, T
  * typed arrays; matmuls run on the active tfjs backend (operands staged per
  * call), elementwise ops in plain loops with float64 intermediates. Ops run at
  * once, so flush has nothing to do. Same results as the native engine within
- * float32 rounding.
+ * float32 rounding. `maxBytes` caps the buffers as in the native engine (EngineMemory).
  */
-export function createTfjsEngine(): Engine {
+export function createTfjsEngine(opts: { maxBytes?: number } = {}): Engine {
   const arrays = new Map<number, Float32Array | Int32Array>();
+  const memory = new EngineMemory('tfjs', opts.maxBytes);
   let nextId = 0;
   const f = (t: Tensor): Float32Array => {
     const a = arrays.get(t.id);
@@ -60,11 +61,13 @@ export function createTfjsEngine(): Engine {
     name: 'tfjs',
     description: `tfjs ${tf.getBackend()}`,
     floats(length) {
+      memory.take(length, 'float32');
       const id = nextId++;
       arrays.set(id, new Float32Array(length));
       return { kind: 'f32', id, offset: 0, length };
     },
     ints(length) {
+      memory.take(length, 'int32');
       const id = nextId++;
       arrays.set(id, new Int32Array(length));
       return { kind: 'i32', id, offset: 0, length };

@@ -1,3 +1,6 @@
+import { parseSize } from '../config/size.js';
+import { UserError } from '../errors.js';
+
 /**
  * The compute engine: every op a transformer block needs, forward and backward,
  * on buffers the engine owns. The model (src/model/transformer.ts) is written
@@ -142,4 +145,54 @@ export function slice<T extends Tensor | IntTensor>(t: T, start: number, length:
     throw new RangeError(`engine: slice [${start}, ${start + length}) outside a tensor of ${t.length}`);
   }
   return { ...t, offset: t.offset + start, length };
+}
+
+/** Environment variable that caps an engine's buffers, in bytes or a size ("48M"); unset or empty = no cap. */
+export const ENGINE_MAX_BYTES_ENV = 'RINGATTN_ENGINE_MAX_BYTES';
+
+const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+
+/**
+ * The byte count of an engine's buffers, refusing one that would pass the cap:
+ * the engine's `maxBytes` option, else RINGATTN_ENGINE_MAX_BYTES (which reaches
+ * workers however they are started), else none. The cap makes "the longest
+ * context that fits a worker" measurable (scripts/bench-max-context.ts),
+ * independent of what else the machine holds.
+ */
+export class EngineMemory {
+  readonly maxBytes: number | null;
+  private readonly source: string;
+  private used = 0;
+
+  constructor(
+    private readonly engine: string,
+    maxBytes?: number,
+    env: NodeJS.ProcessEnv = process.env,
+  ) {
+    const raw = env[ENGINE_MAX_BYTES_ENV];
+    if (maxBytes !== undefined) {
+      if (!(Number.isSafeInteger(maxBytes) && maxBytes > 0)) throw new RangeError(`${engine} engine: maxBytes must be a positive integer, got ${maxBytes}`);
+      this.maxBytes = maxBytes;
+      this.source = 'the engine option maxBytes';
+    } else {
+      this.maxBytes = raw === undefined || raw.trim() === '' ? null : parseSize(raw, ENGINE_MAX_BYTES_ENV);
+      this.source = ENGINE_MAX_BYTES_ENV;
+    }
+  }
+
+  get bytes(): number {
+    return this.used;
+  }
+
+  /** Counts a new buffer of `elements` 4-byte values; throws, before anything is allocated, when it does not fit. */
+  take(elements: number, kind: 'float32' | 'int32'): void {
+    const bytes = 4 * elements;
+    if (this.maxBytes !== null && this.used + bytes > this.maxBytes) {
+      throw new UserError(
+        `${this.engine} engine: out of engine memory: a ${kind}[${elements}] buffer (${mib(bytes)}) would bring its buffers to ` +
+          `${mib(this.used + bytes)}, past the cap of ${mib(this.maxBytes)} (${this.maxBytes} bytes, ${this.source})`,
+      );
+    }
+    this.used += bytes;
+  }
 }

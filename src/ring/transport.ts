@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import * as zmq from 'zeromq';
+import { loadAddon } from '../engine/addon.js';
 import { byteLengthOf, decodeHeader, dtypeOf, encodeHeader, FrameError, payloadFromFrame, type DType, type FrameHeader, type FramePart, type Payload, type Tensor } from './frame.js';
 
 /**
@@ -229,6 +230,10 @@ export class Ring {
 
   /** Binds, connects, and proves both links with one hello around the ring. */
   static async open(opts: RingOptions): Promise<Ring> {
+    // Loading the native addon fixes glibc's mmap threshold (native/addon.cc): ZeroMQ's
+    // multi-MiB receive buffers then go back to the OS when freed instead of staying
+    // resident in its I/O thread's malloc arena. Without the addon, nothing changes.
+    loadAddon();
     const ring = new Ring(opts);
     try {
       ring.releaseGuard = await guardServer(ring.pull, opts.curve);
