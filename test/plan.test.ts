@@ -276,7 +276,6 @@ test("our engine's terms on a tiny model, counted by hand", () => {
   // P: embed 8x4 = 32; layer: norm 4 + wq 16 + wk 8 + wv 8 + wo 16 + norm 4 + w1 32 + w2 32 = 120; final norm 4. 156 floats.
   assert.equal(bytesOf(terms, 'runtime'), 1000);
   assert.equal(bytesOf(terms, 'parameters'), 156 * 4);
-  assert.equal(bytesOf(terms, 'initialParameters'), 156 * 4);
   assert.equal(bytesOf(terms, 'gradients'), (156 + 2 + 2) * 4); // P + loss + stop flag + one per rank
   assert.equal(bytesOf(terms, 'adamState'), 2 * 156 * 4);
   // n = 8 / 2 = 4 tokens per worker. x for 2 layers' inputs (L + 1): 2*4*4 = 32; q, o 4*4 each; k, v 4*2 each; x1 4*4: 64;

@@ -86,7 +86,6 @@ export function engineTerms(job: EngineJob): JobTerm[] {
   const terms: JobTerm[] = [
     { name: 'runtime', bytes: job.runtimeBytes, phase: 'always', count: 'node, engine, kernel and ZeroMQ before the model (ringattn doctor)' },
     t('parameters', P, 'always', `P = ${P} floats (engine)`),
-    t('initialParameters', P, 'always', 'P floats: initParams() array, kept by the loop'),
     t('gradients', reduceLen, 'always', `P + 2 + worldSize floats: the reduce buffer that holds the gradients`),
     t('adamState', 2 * P, 'always', '2P floats: AdamW m and v'),
     t('savedActivations', (L + 1) * n * d + L * n * (2 * qDim + 2 * kvDim + d) + L * heads * n, 'always',
