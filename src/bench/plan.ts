@@ -26,7 +26,9 @@ export interface BufferItem {
 
 /**
  * The buffers one rank holds at the peak of a ring step. Forward: its query
- * block, the KV block it computes on and the one arriving (double buffer), the
+ * block, the KV block it computes on and the one arriving (double buffer), on
+ * rings of three or more its own KV block besides (from step 1 on it computes
+ * on another rank's block, and keeps its own for the backward), the
  * output accumulator and the kernel's output for the current block, each with
  * its lse. Backward adds dO and delta, the dq accumulator, the dK/dV of the
  * block it holds and the accumulator arriving from the predecessor.
@@ -41,6 +43,8 @@ export function ringBuffers(p: Pick<BenchParams, 'heads' | 'kvHeads' | 'headDim'
     { name: 'KV block (k, v)', bytes: kvBytes },
   ];
   if (ringSize > 1) items.push({ name: 'incoming KV block', bytes: kvBytes });
+  // From step 1 on the block computed on is another rank's; the rank's own k and v stay (the backward needs them).
+  if (ringSize > 2) items.push({ name: "the rank's own KV block, kept", bytes: kvBytes });
   items.push({ name: 'output accumulator (o, lse)', bytes: qBytes + lseBytes });
   items.push({ name: 'block output (o, lse)', bytes: qBytes + lseBytes });
   if (p.backward) {
