@@ -120,7 +120,7 @@ const plans = new Map<string, Awaited<ReturnType<typeof planOf>>>();
 /** The planner's terms in the groups of the breakdown; a phase-bound term counts in full (the peak is one phase, so this is an upper bound). */
 const GROUPS: Record<string, string[]> = {
   runtime: ['runtime'],
-  'model + optimizer state': ['parameters', 'initialParameters', 'gradients', 'adamState', 'allReduce'],
+  'model + optimizer state': ['parameters', 'gradients', 'adamState', 'allReduce'],
   'engine activations': ['savedActivations', 'layerWorkingSet', 'ffnChunk', 'logitsChunk', 'tokensAndRope'],
   'addon packs': ['kernelPacks', 'gemmPacks'],
   'ring buffers': ['ringForward', 'ringBackward'],
