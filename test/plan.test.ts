@@ -272,7 +272,7 @@ const bytesOf = (terms: JobTerm[], name: string): number => {
 test("our engine's terms on a tiny model, counted by hand", () => {
   // vocab 8, d 4, 1 layer, 2 heads of 2 dims, 1 KV head (kvDim 2), FFN 8 wide in chunks of 2 tokens, tied, RMSNorm.
   const model: ModelConfig = { vocabSize: 8, dModel: 4, layers: 1, heads: 2, kvHeads: 1, ffnHidden: 8, ffnChunk: 2, norm: 'rms', tiedEmbeddings: true, ropeBase: 10000, initStd: 0.02 };
-  const terms = engineTerms({ model, seqLen: 8, worldSize: 2, layout: 'contiguous', threads: 1, runtimeBytes: 1000 });
+  const terms = engineTerms({ model, seqLen: 8, worldSize: 2, layout: 'contiguous', threads: 1, runtimeBytes: 1000, corpusBytes: 77 });
   // P: embed 8x4 = 32; layer: norm 4 + wq 16 + wk 8 + wv 8 + wo 16 + norm 4 + w1 32 + w2 32 = 120; final norm 4. 156 floats.
   assert.equal(bytesOf(terms, 'runtime'), 1000);
   assert.equal(bytesOf(terms, 'parameters'), 156 * 4);
@@ -286,19 +286,22 @@ test("our engine's terms on a tiny model, counted by hand", () => {
   // chunk 2: hc, dhc 2*2*4; u, a 2*2*8: 48 floats; logits 2*8 = 16 floats.
   assert.equal(bytesOf(terms, 'ffnChunk'), 48 * 4);
   assert.equal(bytesOf(terms, 'logitsChunk'), 16 * 4);
-  // A ring of two receives one KV block (k, v: 2*4*2 = 16) while it holds merged o and a step's o (2*16) and lse (8): 56.
-  assert.equal(bytesOf(terms, 'ringForward'), 56 * 4);
-  // dq 16, delta 8, this step's dk, dv 16, the received dK/dV 16, one received KV block 16: 72.
-  assert.equal(bytesOf(terms, 'ringBackward'), 72 * 4);
+  // A call's arrays live until it returns. Forward: merged o (16) and lse (8), and each of the 2 steps' partial o and lse
+  // (2 * 24); one received KV block (k, v: 2 * 4 * 2 = 16). 88.
+  assert.equal(bytesOf(terms, 'ringForward'), 88 * 4);
+  // Backward: dq 16, delta 8; step 0's dk, dv 16; the scratch pair 16; one accumulator received 16; the own dK/dV home 16;
+  // one received KV block 16. 104.
+  assert.equal(bytesOf(terms, 'ringBackward'), 104 * 4);
+  assert.equal(bytesOf(terms, 'corpus'), 77);
   // allReduceSum copies 160 floats; at each of its 2 hops it sends a copied chunk of 80 and receives one.
   assert.equal(bytesOf(terms, 'allReduce'), (160 + 4 * 80) * 4);
   const m = jobMemory(terms);
   const always = terms.filter((t) => t.phase === 'always').reduce((s, t) => s + t.bytes, 0);
   assert.equal(m.peakPhase, 'allReduce');
   assert.equal(m.peakBytesPerWorker, always + 480 * 4);
-  // One worker: nothing received, no chunks, no dK/dV accumulator.
-  const one = engineTerms({ model, seqLen: 8, worldSize: 1, layout: 'contiguous', threads: 1, runtimeBytes: 0 });
-  assert.equal(bytesOf(one, 'ringForward'), (2 * 8 * 4 + 2 * 8) * 4);
+  // One worker: nothing received, no chunks, no dK/dV accumulator; o, lse and the one step's partial o, lse of n = 8 tokens.
+  const one = engineTerms({ model, seqLen: 8, worldSize: 1, layout: 'contiguous', threads: 1, runtimeBytes: 0, corpusBytes: 0 });
+  assert.equal(bytesOf(one, 'ringForward'), 2 * (8 * 4 + 2 * 8) * 4);
   assert.equal(bytesOf(one, 'allReduce'), (156 + 2 + 1) * 4);
 });
 

@@ -1,5 +1,7 @@
 import { Command, type CommanderError } from 'commander';
 import { checkLayout } from '../attention/layout.js';
+import { statSync } from 'node:fs';
+import { DEFAULT_CORPUS_MAX_BYTES, resolveDataPaths } from '../train/corpus.js';
 import { loadSpec, parseSize, rankTable, workerThreads, worldSize, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
 import type { DeviceSpec, ModelShape } from '../plan/model.js';
@@ -102,8 +104,16 @@ function engineRun(o: PlanOptions, spec: ClusterSpec): ResolvedPlan {
     seqLen,
     // The engine runs a batch's windows one after another through the same buffers.
     batch: o.batch !== undefined ? parseSize(o.batch, '--batch') : spec.train.batch,
-    job: { kind: 'engine', engine: { model: m, worldSize: workers, layout, threads, runtimeBytes: machineRuntimeBytes(machineFilePath()) } },
+    job: { kind: 'engine', engine: { model: m, worldSize: workers, layout, threads, runtimeBytes: machineRuntimeBytes(machineFilePath()), corpusBytes: corpusBytesOf(spec) } },
   };
+}
+
+/** What the run's text takes in every worker: the joined files, or the built-in corpus at its cap. */
+function corpusBytesOf(spec: ClusterSpec): number {
+  if (spec.data.kind !== 'text') return 0;
+  if (spec.data.paths.length === 0) return DEFAULT_CORPUS_MAX_BYTES;
+  const files = resolveDataPaths(spec.data.paths);
+  return files.reduce((n, f) => n + statSync(f).size, 0) + Math.max(0, files.length - 1);
 }
 
 function paperRun(o: PlanOptions): ResolvedPlan {

@@ -49,6 +49,8 @@ export interface EngineJob {
   threads: number;
   /** RSS of a worker with engine, kernel and ZeroMQ loaded, before the model: measured by `ringattn doctor`. */
   runtimeBytes: number;
+  /** Bytes of training text every worker holds (text data; 0 for the synthetic tasks). */
+  corpusBytes: number;
 }
 
 const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
@@ -70,9 +72,10 @@ export function engineTerms(job: EngineJob): JobTerm[] {
   const chunk = Math.min(cfg.ffnChunk, n);
   const reduceLen = P + 2 + N;
   const kv = n * kvDim;
-  // Received KV blocks alive at once: the one being computed on and the one arriving,
-  // except that a ring of two receives only one and a ring of one none.
-  const kvBlocksHeld = Math.min(2, N - 1);
+  // Arrays one attention call allocates stay alive until it returns: it allocates
+  // too few objects to start a collection (as for the all-reduce below), so every
+  // received KV block of the N - 1 steps counts.
+  const hops = N - 1;
   const dp = roundUp(hd, KERNEL_PANEL);
   const qPacked = heads * n * dp;
   const kvPacked = kvHeads * n * dp;
@@ -97,10 +100,13 @@ export function engineTerms(job: EngineJob): JobTerm[] {
     t('kernelPacks', 4 * kvPacked + 4 * qPacked + 2 * heads * n + job.threads * (scratch + dqAcc), 'always',
       'attention backward packs kept by the addon: K, K^T, V, V^T; Q, dO twice; lse, delta; scratch per thread'),
     t('gemmPacks', gemmFloats, 'always', `SGEMM packs kept by the addon: KC x min(width, NC) per output width, one MC x KC block`),
-    t('ringForward', 2 * n * qDim + heads * n + kvBlocksHeld * 2 * kv, 'attentionForward',
-      `merged o and a ring step's partial o, lse; ${kvBlocksHeld} received KV block(s)`),
-    t('ringBackward', n * qDim + heads * n + 2 * kv + (N > 1 ? 2 * kv : 0) + kvBlocksHeld * 2 * kv, 'attentionBackward',
-      `dq, delta; dk, dv of this step${N > 1 ? '; the dK/dV accumulator received' : ''}; ${kvBlocksHeld} received KV block(s)`),
+    t('ringForward', (1 + N) * (n * qDim + heads * n) + hops * 2 * kv, 'attentionForward',
+      `merged o, lse and each of the ${N} steps' partial o, lse; ${hops} received KV block(s)`),
+    // Step 0's share is a fresh dk, dv (sent on); later steps compute into one scratch pair and add it
+    // into the accumulator that arrived (sent on too); after the last step the rank's own dK/dV comes home.
+    t('ringBackward', n * qDim + heads * n + 2 * kv + (N > 1 ? 2 * kv + hops * 2 * kv + 2 * kv : 0) + hops * 2 * kv, 'attentionBackward',
+      `dq, delta; step 0's dk, dv${N > 1 ? `; the scratch pair; ${hops} dK/dV accumulator(s) received; the rank's own dK/dV home` : ''}; ${hops} received KV block(s)`),
+    { name: 'corpus', bytes: job.corpusBytes, phase: 'always', count: 'the training text, joined (text data only)' },
     // Every hop sends a fresh copy of a chunk and receives a fresh array; none of them is
     // reclaimed before the call returns (the call allocates too few objects to start a GC).
     t('allReduce', reduceLen + 4 * (N - 1) * Math.ceil(reduceLen / N), 'allReduce',
