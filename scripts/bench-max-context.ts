@@ -107,12 +107,12 @@ async function maxContext(n: number): Promise<{ best: Probe; refused: Probe; pro
 }
 
 interface PlanJob {
-  maxContextTokens?: number;
   peakBytesPerWorker?: number;
+  engineCap?: { maxContextTokens: number } | null;
 }
-/** The planner on the probe's spec; it has no engine-memory cap, so its max context is against the host's memory. */
+/** The planner on the probe's spec, under the same engine cap. */
 async function planned(n: number, seqLen: number): Promise<PlanJob | null> {
-  const r = await runCli(['plan', '--config', specFor(n, seqLen), '--device', 'this-machine', '--json']);
+  const r = await runCli(['plan', '--config', specFor(n, seqLen), '--device', 'this-machine', '--engine-max-bytes', String(cap), '--json']);
   return r.code === 0 ? ((JSON.parse(r.stdout) as { job?: PlanJob }).job ?? null) : null;
 }
 
@@ -147,14 +147,13 @@ for (const r of results) {
   const maxCtx = r.maxContext as number;
   const peaks = r.peakRssByRank as number[];
   const plan = r.plan as PlanJob | null;
-  say(`| ${n} | ${maxCtx} (${formatSize(maxCtx)}) | ${maxCtx / n} | ${(maxCtx / base).toFixed(2)} | ${r.refusedAt} | ${mib(Math.max(...peaks))} | n/a | ` +
+  say(`| ${n} | ${maxCtx} (${formatSize(maxCtx)}) | ${maxCtx / n} | ${(maxCtx / base).toFixed(2)} | ${r.refusedAt} | ${mib(Math.max(...peaks))} | ${plan?.engineCap ? plan.engineCap.maxContextTokens : 'n/a'} | ` +
     `${plan?.peakBytesPerWorker ? mib(plan.peakBytesPerWorker) : 'n/a'} |`);
 }
 const f = fitLine(results.map((r) => r.workers as number), results.map((r) => r.maxContext as number));
 say();
 say(`Linear fit: max context = ${f.a.toFixed(0)} + ${f.b.toFixed(0)} x N tokens (largest residual ${f.maxResidual.toFixed(0)} tokens). ` +
-  `The planner column "max context under the cap" is n/a: \`ringattn plan\` has no engine-memory cap (its \`job.maxContextTokens\` is against the ` +
-  `host's whole memory); its predicted peak per worker at the measured context is shown instead.`);
+  `Planner: \`ringattn plan --config SPEC --device this-machine --engine-max-bytes ${cap} --json\` (job.engineCap.maxContextTokens, job.peakBytesPerWorker).`);
 say();
 say(`(${((Date.now() - started) / 60000).toFixed(1)} min; probes in ${path.relative(process.cwd(), outDir) || '.'})`);
 writeFileSync(path.join(outDir, 'results.md'), md.join('\n') + '\n');

@@ -17,7 +17,8 @@ import {
 import { DEVICE_PRESETS, MODEL_PRESETS, PAPER_TABLE_2, PAPER_TABLE_3, resolveDevice } from '../src/plan/presets.js';
 import { planReport, type PlanReport } from '../src/plan/report.js';
 import { engineTerms } from '../src/plan/engine-memory.js';
-import { jobMaxContext, jobMemory, type JobTerm } from '../src/plan/job.js';
+import { engineBytes, jobMaxContext, jobMemory, type JobTerm } from '../src/plan/job.js';
+import { jobReport } from '../src/plan/setting.js';
 import { LLAMA_VOCAB, paperTerms } from '../src/plan/paper-memory.js';
 import type { ModelConfig } from '../src/model/types.js';
 
@@ -278,9 +279,10 @@ test("our engine's terms on a tiny model, counted by hand", () => {
   assert.equal(bytesOf(terms, 'parameters'), 156 * 4);
   assert.equal(bytesOf(terms, 'gradients'), (156 + 2 + 2) * 4); // P + loss + stop flag + one per rank
   assert.equal(bytesOf(terms, 'adamState'), 2 * 156 * 4);
-  // n = 8 / 2 = 4 tokens per worker. x for 2 layers' inputs (L + 1): 2*4*4 = 32; q, o 4*4 each; k, v 4*2 each; x1 4*4: 64;
-  // lse [heads, n] = 8. 104 floats.
-  assert.equal(bytesOf(terms, 'savedActivations'), 104 * 4);
+  // n = 8 / 2 = 4 tokens per worker. x for 2 layers' inputs (L + 1): 2*4*4 = 32; q, o 4*4 each; k, v 4*2 each; x1 4*4: 64.
+  // 96 floats in the engine; lse [heads, n] = 8 floats in JS.
+  assert.equal(bytesOf(terms, 'savedActivations'), 96 * 4);
+  assert.equal(bytesOf(terms, 'attentionLse'), 8 * 4);
   // h, dx, dh 3*16; dq, dO 2*16; dk, dv 2*8: 96 floats.
   assert.equal(bytesOf(terms, 'layerWorkingSet'), 96 * 4);
   // chunk 2: hc, dhc 2*2*4; u, a 2*2*8: 48 floats; logits 2*8 = 16 floats.
@@ -395,4 +397,24 @@ test('our engine\'s run: --config alone on this machine, and its errors', async 
   await rejectsUser(['--config', spec, '--device', 'this-machine', '--seq-len', '1026'], /cannot be split by the zigzag layout/);
   writeFileSync(file, JSON.stringify({ tflops: 0.2, linkGBps: 2, memoryGB: 16, runtimeBytes: 'lots' }));
   await rejectsUser(['--config', spec, '--device', 'this-machine'], /runtimeBytes should be a positive number/);
+});
+
+test("an engine memory cap: what the engine's buffers hold, and the longest context whose buffers fit it, by hand", () => {
+  const model: ModelConfig = { vocabSize: 8, dModel: 4, layers: 1, heads: 2, kvHeads: 1, ffnHidden: 8, ffnChunk: 2, norm: 'rms', tiedEmbeddings: true, ropeBase: 10000, initStd: 0.02 };
+  const engine = { model, worldSize: 2, layout: 'contiguous' as const, threads: 1, runtimeBytes: 1000, corpusBytes: 77 };
+  // At 8 tokens (4 per worker): params 156, reduce buffer 160, m and v 312, saved 96, working set 96, FFN chunk 48,
+  // logits 16, tokens and targets 8 ints, rope 4 x 2 = 8, loss and norm 2: 902 four-byte values. Runtime, corpus, lse,
+  // kernel packs and ring arrays are outside the engine.
+  assert.equal(engineBytes(engineTerms({ ...engine, seqLen: 8 })), 902 * 4);
+  const report = (cap: number) => jobReport({ kind: 'engine', engine, engineMaxBytes: cap }, { batch: 1, seqLen: 8, hosts: 2 }, 1e12).engineCap!;
+  const at8 = report(902 * 4);
+  assert.deepEqual([at8.engineBytes, at8.fits, at8.maxContextTokens, at8.maxContextPow2], [902 * 4, true, 8, 8]);
+  // One byte less and 8 tokens no longer fit; contiguous on 2 ranks splits multiples of 2, so 6 is the longest.
+  const below = report(902 * 4 - 1);
+  assert.deepEqual([below.fits, below.maxContextTokens, below.maxContextPow2], [false, 6, 4]);
+  assert.equal(jobReport({ kind: 'engine', engine }, { batch: 1, seqLen: 8, hosts: 2 }, 1e12).engineCap, null, 'no cap asked for, none planned');
+});
+
+test('--engine-max-bytes belongs to a spec\'s own run', async () => {
+  await assert.rejects(plan('--seq-len', '1M', '--model', '7b', '--device', 'a100-nvlink', '--engine-max-bytes', '32M'), /^UserError: --engine-max-bytes: our engine's memory cap applies to a spec's own run/);
 });

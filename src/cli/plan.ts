@@ -25,6 +25,7 @@ interface PlanOptions {
   memoryGb?: string;
   hosts?: string;
   fsdp?: boolean;
+  engineMaxBytes?: string;
   json?: boolean;
 }
 
@@ -104,7 +105,11 @@ function engineRun(o: PlanOptions, spec: ClusterSpec): ResolvedPlan {
     seqLen,
     // The engine runs a batch's windows one after another through the same buffers.
     batch: o.batch !== undefined ? parseSize(o.batch, '--batch') : spec.train.batch,
-    job: { kind: 'engine', engine: { model: m, worldSize: workers, layout, threads, runtimeBytes: machineRuntimeBytes(machineFilePath()), corpusBytes: corpusBytesOf(spec) } },
+    job: {
+      kind: 'engine',
+      engine: { model: m, worldSize: workers, layout, threads, runtimeBytes: machineRuntimeBytes(machineFilePath()), corpusBytes: corpusBytesOf(spec) },
+      ...(o.engineMaxBytes !== undefined ? { engineMaxBytes: parseSize(o.engineMaxBytes, '--engine-max-bytes') } : {}),
+    },
   };
 }
 
@@ -118,6 +123,7 @@ function corpusBytesOf(spec: ClusterSpec): number {
 
 function paperRun(o: PlanOptions): ResolvedPlan {
   if (o.seqLen === undefined) throw new UserError("required option '--seq-len <size>' not specified (only --config without --model takes it from the spec)");
+  if (o.engineMaxBytes !== undefined) throw new UserError("--engine-max-bytes: our engine's memory cap applies to a spec's own run (--config without --model)");
   const model = resolveShape(o);
   return {
     model,
@@ -146,6 +152,7 @@ export function planCommand(): Command {
     .option('--memory-gb <x>', 'memory per host in GB (overrides the preset)')
     .option('--hosts <n>', 'hosts in the ring (default: from --config, else 1)')
     .option('--fsdp', 'shard parameters, gradients and optimizer state over the hosts, as FSDP does (paper setting; default replicated)')
+    .option('--engine-max-bytes <size>', "our engine's memory cap per worker (RINGATTN_ENGINE_MAX_BYTES): also print the longest context whose engine buffers fit it (--config alone)")
     .option('--json', 'print the plan as JSON (bytes, tokens, FLOPs, seconds)')
     // Commander's own parse errors become UserErrors, reported once by the top-level handler.
     .configureOutput({ outputError: () => {} })

@@ -86,17 +86,19 @@ export function engineTerms(job: EngineJob): JobTerm[] {
   const gemmFloats = [...widths].reduce((s, w) => s + Math.min(w, GEMM_NC) * GEMM_KC, 0) + GEMM_MC * GEMM_KC;
 
   const t = (name: string, floats: number, phase: JobTerm['phase'], count: string): JobTerm => ({ name, bytes: floats * F32, phase, count });
+  // Buffers from engine.floats()/ints(): what the engine's memory cap counts.
+  const e = (name: string, floats: number, count: string): JobTerm => ({ ...t(name, floats, 'always', count), engine: true });
   const terms: JobTerm[] = [
     { name: 'runtime', bytes: job.runtimeBytes, phase: 'always', count: 'node, engine, kernel and ZeroMQ before the model (ringattn doctor)' },
-    t('parameters', P, 'always', `P = ${P} floats (engine)`),
-    t('gradients', reduceLen, 'always', `P + 2 + worldSize floats: the reduce buffer that holds the gradients`),
-    t('adamState', 2 * P, 'always', '2P floats: AdamW m and v'),
-    t('savedActivations', (L + 1) * n * d + L * n * (2 * qDim + 2 * kvDim + d) + L * heads * n, 'always',
-      `per layer x, q, k, v, o, x1 and lse [heads, n] for n = ${n} tokens, plus the final x`),
-    t('layerWorkingSet', 3 * n * d + 2 * n * qDim + 2 * n * kvDim, 'always', 'h, dx, dh [n, d]; dq, dO [n, q]; dk, dv [n, kv]'),
-    t('ffnChunk', 2 * chunk * d + 2 * chunk * F, 'always', `hc, dhc [chunk, d]; u, a [chunk, ffnHidden], chunk = ${chunk}`),
-    t('logitsChunk', chunk * V, 'always', `logits [chunk, vocab], chunk = ${chunk}`),
-    { name: 'tokensAndRope', bytes: 2 * n * I32 + n * hd * F32 + 2 * F32, phase: 'always', count: 'tokens, targets; rope cos, sin [n, headDim/2]; loss, norm' },
+    e('parameters', P, `P = ${P} floats (engine)`),
+    e('gradients', reduceLen, `P + 2 + worldSize floats: the reduce buffer that holds the gradients`),
+    e('adamState', 2 * P, '2P floats: AdamW m and v'),
+    e('savedActivations', (L + 1) * n * d + L * n * (2 * qDim + 2 * kvDim + d), `per layer x, q, k, v, o and x1 for n = ${n} tokens, plus the final x`),
+    t('attentionLse', L * heads * n, 'always', 'per layer lse [heads, n]: the JS array ring attention returned'),
+    e('layerWorkingSet', 3 * n * d + 2 * n * qDim + 2 * n * kvDim, 'h, dx, dh [n, d]; dq, dO [n, q]; dk, dv [n, kv]'),
+    e('ffnChunk', 2 * chunk * d + 2 * chunk * F, `hc, dhc [chunk, d]; u, a [chunk, ffnHidden], chunk = ${chunk}`),
+    e('logitsChunk', chunk * V, `logits [chunk, vocab], chunk = ${chunk}`),
+    { name: 'tokensAndRope', bytes: 2 * n * I32 + n * hd * F32 + 2 * F32, phase: 'always', count: 'tokens, targets; rope cos, sin [n, headDim/2]; loss, norm', engine: true },
     t('kernelPacks', 4 * kvPacked + 4 * qPacked + 2 * heads * n + job.threads * (scratch + dqAcc), 'always',
       'attention backward packs kept by the addon: K, K^T, V, V^T; Q, dO twice; lse, delta; scratch per thread'),
     t('gemmPacks', gemmFloats, 'always', `SGEMM packs kept by the addon: KC x min(width, NC) per output width, one MC x KC block`),

@@ -19,6 +19,13 @@ export interface JobTerm {
   phase: Phase;
   /** The count in words, e.g. "2 x P floats (AdamW m, v)". */
   count: string;
+  /** Held in the compute engine's own buffers, which its memory cap (RINGATTN_ENGINE_MAX_BYTES) counts. */
+  engine?: boolean;
+}
+
+/** Bytes of the terms held in engine buffers: what an engine memory cap limits. */
+export function engineBytes(terms: readonly JobTerm[]): number {
+  return terms.filter((t) => t.engine).reduce((s, t) => s + t.bytes, 0);
 }
 
 export interface JobMemory {

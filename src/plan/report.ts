@@ -176,6 +176,15 @@ function formatJob(j: JobReport, hosts: number): string[] {
       ? `  max context, ${where}: none (not even the smallest sequence fits)`
       : `  max context, ${where}: ${j.maxContextPow2 === 0 ? 'no power of two' : tokens(j.maxContextPow2)} (largest power of two); exactly ${int(j.maxContextTokens)} tokens`,
   );
+  const c = j.engineCap;
+  if (c) {
+    out.push(`  engine buffers       ${formatBytes(c.engineBytes)} of an engine cap of ${formatBytes(c.capBytes)} per worker (${c.fits ? 'fits' : 'does not fit'})`);
+    out.push(
+      c.maxContextTokens === 0
+        ? `  max context under the engine cap, ${where}: none`
+        : `  max context under the engine cap, ${where}: ${c.maxContextPow2 === 0 ? 'no power of two' : tokens(c.maxContextPow2)} (largest power of two); exactly ${int(c.maxContextTokens)} tokens`,
+    );
+  }
   return out;
 }
 

@@ -1,5 +1,5 @@
 import { engineSeqUnit, engineTerms, type EngineJob } from './engine-memory.js';
-import { jobMaxContext, jobMemory, type JobContext, type JobMemory } from './job.js';
+import { engineBytes, jobMaxContext, jobMemory, type JobContext, type JobMemory } from './job.js';
 import { paperTerms, type PaperJob } from './paper-memory.js';
 
 /**
@@ -7,7 +7,7 @@ import { paperTerms, type PaperJob } from './paper-memory.js';
  * model on this machine), or the paper's setting (a model preset on a device preset).
  */
 export type JobSetting =
-  | { kind: 'engine'; engine: Omit<EngineJob, 'seqLen'> }
+  | { kind: 'engine'; engine: Omit<EngineJob, 'seqLen'>; /** The engine's memory cap per worker (RINGATTN_ENGINE_MAX_BYTES), if planned for. */ engineMaxBytes?: number }
   | { kind: 'paper'; paper: Omit<PaperJob, 'seqLen' | 'hosts' | 'batch'> };
 
 export interface JobReport extends JobMemory, JobContext {
@@ -16,6 +16,8 @@ export interface JobReport extends JobMemory, JobContext {
   fsdp: boolean;
   budgetBytes: number;
   fits: boolean;
+  /** Under the engine's memory cap: what its buffers hold now, and the longest sequence whose buffers fit it. */
+  engineCap: ({ capBytes: number; engineBytes: number; fits: boolean } & JobContext) | null;
 }
 
 export interface JobShape {
@@ -34,8 +36,16 @@ export function jobReport(setting: JobSetting, shape: JobShape, budgetBytes: num
   // Our ring splits only multiples of its layout's quantum; the paper's hosts take ceil(s/N) each.
   const unit = setting.kind === 'engine' ? engineSeqUnit(setting.engine) : 1;
   const context = jobMaxContext((s) => peakAt(setting, { ...shape, seqLen: s }).peakBytesPerWorker, budgetBytes, unit);
+  let engineCap: JobReport['engineCap'] = null;
+  if (setting.kind === 'engine' && setting.engineMaxBytes !== undefined) {
+    const capBytes = setting.engineMaxBytes;
+    const held = (s: number) => engineBytes(peakAt(setting, { ...shape, seqLen: s }).terms);
+    const now = held(shape.seqLen);
+    engineCap = { capBytes, engineBytes: now, fits: now <= capBytes, ...jobMaxContext(held, capBytes, unit) };
+  }
   return {
     kind: setting.kind,
+    engineCap,
     fsdp: setting.kind === 'paper' && setting.paper.fsdp,
     budgetBytes,
     fits: memory.peakBytesPerWorker <= budgetBytes,
