@@ -43,6 +43,19 @@ for (const [layout, causal, segments] of [['zigzag', true, false], ['striped', f
   });
 }
 
+test('ringattn attn --wire bfloat16 rounds only K and V on the wire: close to full attention, not equal; --wire bogus is refused', async () => {
+  const out = file('out-bf16');
+  const r = await runCli(['attn', '--q', file('q.npy'), '--k', file('k.npy'), '--v', file('v.npy'), '--workers', '3', '--causal', '--wire', 'bfloat16', '--out', out]);
+  assert.equal(r.code, 0, r.stderr);
+  const ref = fullAttentionReference({ ...p, seqLen: S, causal: true, seg: undefined });
+  const o = readNpy(path.join(out, 'out.npy')).data as Float32Array;
+  assertClose(o, ref.o, 'out over a bf16 wire', 2e-2);
+  assert.ok(o.some((x, i) => Math.abs(x - ref.o[i]) > 1e-4), 'the wire rounded something');
+  const bad = await runCli(['attn', '--q', file('q.npy'), '--k', file('k.npy'), '--v', file('v.npy'), '--workers', '2', '--wire', 'int8', '--out', file('bad-wire')]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /^ringattn: --wire int8: ring\.wire: /);
+});
+
 test('bad inputs get one clear line, exit 2, and no output files', async () => {
   writeFileSync(file('trunc.npy'), truncatedNpy());
   const cases: Array<[string[], RegExp]> = [

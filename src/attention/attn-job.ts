@@ -102,6 +102,7 @@ export const attnJob: JobDefinition = {
       kvHeads: m.kvHeads,
       headDim: m.headDim,
       overlap: ctx.spec.attention.overlap,
+      wire: ctx.spec.ring.wire,
       positionsOf: (r: number) => shardPositions(m.layout, m.seqLen, ctx.worldSize, r),
       segments,
     };

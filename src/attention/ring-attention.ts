@@ -2,8 +2,9 @@ import { isFullyMasked } from '../kernels/mask.js';
 import { emptyPartial, mergePartial, rowDelta } from '../kernels/merge.js';
 import type { AttentionDims, AttentionKernel, BlockArgs, BlockPartial } from '../kernels/types.js';
 import type { AttentionOp } from '../model/types.js';
-import type { Payload } from '../ring/frame.js';
+import type { Tensor } from '../ring/frame.js';
 import type { Message, Ring } from '../ring/transport.js';
+import { fromWire, toWire, type WireFormat } from '../ring/wire.js';
 import { Trace, TRACK_COMPUTE, TRACK_TRANSFER, TRACK_WAIT } from './trace.js';
 
 /**
@@ -33,6 +34,8 @@ export interface RingAttentionConfig extends AttentionDims {
   overlap: boolean;
   /** Global token positions of the block rank `r` owns (from the layout). */
   positionsOf: (rank: number) => Int32Array;
+  /** The number format of KV blocks on the ring (src/ring/wire.ts); default float32. dK/dV always travel in float32. */
+  wire?: WireFormat;
   /** Document ids of this rank's tokens, for packed sequences; they travel with the KV block. */
   segments?: Int32Array;
   trace?: Trace;
@@ -58,6 +61,8 @@ interface KVBlock {
   k: Float32Array;
   v: Float32Array;
   seg?: Int32Array;
+  /** The block as it arrived, to pass on unchanged: a 16-bit wire rounds a block once, at its owner. */
+  wire?: Tensor[];
 }
 
 const mod = (a: number, n: number) => ((a % n) + n) % n;
@@ -85,20 +90,24 @@ function blockArgs(cfg: RingAttentionConfig, q: Float32Array, qPos: Int32Array, 
   };
 }
 
-function kvPayload(kv: KVBlock): Payload[] {
-  return kv.seg ? [kv.k, kv.v, kv.seg] : [kv.k, kv.v];
+function kvPayload(cfg: RingAttentionConfig, kv: KVBlock): Tensor[] {
+  if (kv.wire) return kv.wire;
+  const format = cfg.wire ?? 'float32';
+  const out = [toWire(kv.k, format), toWire(kv.v, format)];
+  return kv.seg ? [...out, { data: kv.seg, shape: [kv.seg.length] }] : out;
 }
 
 function kvFromMessage(m: Message, owner: number): KVBlock {
-  const [k, v, seg] = m.tensors.map((t) => t.data);
-  return { owner, k: k as Float32Array, v: v as Float32Array, seg: seg as Int32Array | undefined };
+  const [k, v, seg] = m.tensors;
+  return { owner, k: fromWire(k), v: fromWire(v), seg: seg?.data as Int32Array | undefined, wire: m.tensors };
 }
 
 /** Starts moving `kv` one hop: send to the successor, receive the predecessor's block. */
 function startPass(cfg: RingAttentionConfig, tag: string, kv: KVBlock, nextOwner: number) {
   const ring = cfg.ring!;
   const posted = performance.now();
-  const sent = ring.send(tag, kvPayload(kv));
+  const payload = kvPayload(cfg, kv);
+  const sent = ring.send(tag, payload);
   const received = ring.recvMessage(tag).then((m) => {
     cfg.trace?.span(`${tag} from rank ${ring.prev.rank}`, TRACK_TRANSFER, posted, m.arrivedAt, { owner: nextOwner });
     return kvFromMessage(m, nextOwner);
@@ -106,7 +115,7 @@ function startPass(cfg: RingAttentionConfig, tag: string, kv: KVBlock, nextOwner
   // Unobserved rejections would crash the process before the step awaits them.
   sent.catch(() => undefined);
   received.catch(() => undefined);
-  if (cfg.stats) cfg.stats.bytesSent += kv.k.byteLength + kv.v.byteLength + (kv.seg?.byteLength ?? 0);
+  if (cfg.stats) cfg.stats.bytesSent += payload.reduce((n, t) => n + t.data.byteLength, 0);
   return { sent, received };
 }
 

@@ -208,7 +208,7 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
   phaseDone(`work counted: ${setup.mode}, ${chosen.length} of ${totalTiles} query tiles`);
   await collectGarbage();
 
-  const base: RingAttentionConfig = { ring, kernel: metered, causal: p.causal, heads: H, kvHeads: G, headDim: D, overlap: p.overlap, positionsOf };
+  const base: RingAttentionConfig = { ring, kernel: metered, causal: p.causal, heads: H, kvHeads: G, headDim: D, overlap: p.overlap, positionsOf, wire: spec.ring.wire };
   const phase = (st: ReturnType<typeof newRingStepStats>, wallMs: number, kernelMsPerStep: number[]): PhaseRaw => ({
     wallMs,
     kernelMsPerStep,

@@ -13,11 +13,12 @@ import { formatSize, parseSize, resolvedLaunch, specFromObject, workerThreads, w
 import { UserError } from '../errors.js';
 import { runJob } from '../launch/launcher.js';
 import { selectBackend } from '../tensor/backend.js';
-import { intFlag, resolveSpec, SET_OPTION } from './common.js';
+import { intFlag, resolveSpec, SET_OPTION, WIRE_OPTION } from './common.js';
 
 interface BenchOptions {
   seqLen?: string;
   set?: string[];
+  wire?: string;
   config?: string;
   workers?: string;
   backend?: string;
@@ -112,7 +113,7 @@ function stamp(): string {
 }
 
 async function runOne(o: BenchOptions, out: (line: string) => void): Promise<void> {
-  const spec = resolveSpec({ config: o.config, workers: o.workers, backend: o.backend, kernel: o.kernel, set: o.set });
+  const spec = resolveSpec({ config: o.config, workers: o.workers, backend: o.backend, kernel: o.kernel, set: o.set, wire: o.wire });
   const p = resolveParams(spec, o);
   const fits = precheck(spec, p);
   const plan = benchPlan(p);
@@ -134,7 +135,7 @@ async function runSweep(o: BenchOptions, out: (line: string) => void): Promise<v
   } else if (o.seqLen !== undefined || o.seqPerWorker !== undefined) {
     throw new UserError('--sweep seq-len sets the sequence length; drop --seq-len and --seq-per-worker');
   }
-  const specOf = (value: number) => resolveSpec({ config: sweep.variable === 'workers' ? undefined : o.config, workers: sweep.variable === 'workers' ? value : o.workers, backend: o.backend, kernel: o.kernel, set: o.set });
+  const specOf = (value: number) => resolveSpec({ config: sweep.variable === 'workers' ? undefined : o.config, workers: sweep.variable === 'workers' ? value : o.workers, backend: o.backend, kernel: o.kernel, set: o.set, wire: o.wire });
   const first = specOf(sweep.values[0]);
   const outDir = path.resolve(o.out ?? path.join(first.runDir, `bench-sweep-${stamp()}`));
   mkdirSync(outDir, { recursive: true });
@@ -179,6 +180,7 @@ export function benchCommand(): Command {
     .option('--config <file>', 'cluster spec (YAML; default: the localhost ring)')
     .option('--workers <n>', 'ring of N local workers (instead of --config)')
     .option(...SET_OPTION)
+    .option(...WIRE_OPTION)
     .option('--backend <name>', 'tfjs backend: auto, tensorflow-gpu, tensorflow, wasm, cpu (overrides the spec)')
     .option('--kernel <name>', 'attention kernel: auto, native, tfjs, reference (overrides the spec)')
     .option('--heads <n>', `query heads (default: bench.heads, ${BENCH_SHAPE_DEFAULTS.heads} for the default spec)`)

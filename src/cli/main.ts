@@ -18,7 +18,7 @@ function parseRanks(s?: string): number[] | undefined {
 }
 
 function trainCommand(): Command {
-  return ringOptions(new Command('train').description('train a transformer whose sequences are sharded across the ring (default: the localhost ring of configs/localhost.yaml)'))
+  return ringOptions(new Command('train').description('train a transformer whose sequences are sharded across the ring (default: the localhost ring of configs/localhost.yaml)'), { wire: true })
     .option('--run-dir <dir>', 'run directory (default <runDir>/train-<timestamp>)')
     .option('--resume', 'continue the run in --run-dir from its latest valid checkpoint')
     .option('--ranks <list>', 'show only these ranks\' log lines, e.g. 0,2')
@@ -52,7 +52,7 @@ function attnCommand(): Command {
     .option('--causal', 'causal mask', false)
     .option('--layout <layout>', `token layout: ${LAYOUTS.join(', ')} (default zigzag when causal, else contiguous)`)
     .requiredOption('--out <dir>', 'output folder for out.npy, lse.npy (and dq/dk/dv.npy)');
-  return ringOptions(cmd, { workers: true })
+  return ringOptions(cmd, { workers: true, wire: true })
     .action(async (opts: { q: string; k: string; v: string; dout?: string; segments?: string; causal: boolean; layout?: string; workers?: string; config?: string; backend?: string; kernel?: string; out: string }) => {
       const spec = resolveSpec(opts);
       const token = prepareAttn({ ...opts, layout: opts.layout as Layout | undefined }, worldSize(spec));

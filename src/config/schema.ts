@@ -129,6 +129,10 @@ const RingSchema = z
     heartbeatTimeoutMs: millis(3000, 'Silence after which a peer is declared lost; must exceed heartbeatIntervalMs'),
     opTimeoutMs: millis(120000, 'Longest wait for any single ring message'),
     maxMessageBytes: sizeSchema.prefault('1G').describe('Largest ring message accepted, in bytes (size).'),
+    wire: z
+      .enum(['float32', 'bfloat16', 'float16'])
+      .default('float32')
+      .describe('Number format of the KV blocks on the ring. `bfloat16` and `float16` halve the bytes of every hop and round K and V once, at their owner; dK/dV always travel in float32.'),
   })
   .describe('The ZeroMQ ring between the workers.');
 

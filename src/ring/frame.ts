@@ -16,12 +16,15 @@
  * heartbeats, which travel between frames, are never stuck behind a 1 GiB one.
  */
 
-export type Payload = Float32Array | Int32Array | Uint8Array | Float64Array;
-export type DType = 'float32' | 'int32' | 'uint8' | 'float64';
+export type Payload = Float32Array | Int32Array | Uint8Array | Float64Array | Uint16Array;
+/** bfloat16 and float16 travel as the raw 16-bit patterns of a Uint16Array (src/ring/wire.ts). */
+export type DType = 'float32' | 'int32' | 'uint8' | 'float64' | 'bfloat16' | 'float16';
 
 export interface Tensor {
   data: Payload;
   shape: number[];
+  /** Required for a Uint16Array, whose bits alone do not say bfloat16 or float16; received tensors always carry it. */
+  dtype?: DType;
 }
 
 export type FramePart = 'whole' | 'head' | 'chunk';
@@ -44,18 +47,24 @@ const MAX_TENSORS = 16;
 const MAX_RANK = 4;
 const TAG_BYTES = 24;
 
-const DTYPES: DType[] = ['float32', 'int32', 'uint8', 'float64'];
-const BYTES: Record<DType, number> = { float32: 4, int32: 4, uint8: 1, float64: 8 };
+const DTYPES: DType[] = ['float32', 'int32', 'uint8', 'float64', 'bfloat16', 'float16'];
+const BYTES: Record<DType, number> = { float32: 4, int32: 4, uint8: 1, float64: 8, bfloat16: 2, float16: 2 };
 
 export class FrameError extends Error {
   override name = 'FrameError';
 }
 
 export function dtypeOf(data: Payload): DType {
+  if (data instanceof Uint16Array) throw new FrameError('a 16-bit payload must say its dtype (bfloat16 or float16)');
   if (data instanceof Float32Array) return 'float32';
   if (data instanceof Int32Array) return 'int32';
   if (data instanceof Float64Array) return 'float64';
   return 'uint8';
+}
+
+/** The dtype a tensor goes out as: its own, else its array's. */
+export function tensorDType(t: Tensor): DType {
+  return t.dtype ?? dtypeOf(t.data);
 }
 
 export function byteLengthOf(dtype: DType, shape: number[]): number {
@@ -138,6 +147,9 @@ export function payloadFromFrame(frame: Buffer, dtype: DType, shape: number[]): 
       return new Int32Array(buffer, byteOffset, n);
     case 'float64':
       return new Float64Array(buffer, byteOffset, n);
+    case 'bfloat16':
+    case 'float16':
+      return new Uint16Array(buffer, byteOffset, n);
     default:
       return new Uint8Array(buffer, byteOffset, n);
   }

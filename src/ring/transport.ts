@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import * as zmq from 'zeromq';
 import { loadAddon } from '../engine/addon.js';
-import { byteLengthOf, decodeHeader, dtypeOf, encodeHeader, FrameError, payloadFromFrame, type DType, type FrameHeader, type FramePart, type Payload, type Tensor } from './frame.js';
+import { byteLengthOf, decodeHeader, encodeHeader, tensorDType, FrameError, payloadFromFrame, type DType, type FrameHeader, type FramePart, type Payload, type Tensor } from './frame.js';
 
 /**
  * The ring's data plane for one worker: a PULL socket bound for the predecessor
@@ -266,7 +266,7 @@ export class Ring {
     }
     const bytes = tensors.reduce((a, t) => a + t.data.byteLength, 0);
     const header = (part: FramePart, described: Tensor[]) =>
-      encodeHeader({ jobId: this.opts.jobId, part, seq: this.sendSeq++, srcRank: this.rank, tag, tensors: described.map((t) => ({ dtype: dtypeOf(t.data), shape: t.shape })) });
+      encodeHeader({ jobId: this.opts.jobId, part, seq: this.sendSeq++, srcRank: this.rank, tag, tensors: described.map((t) => ({ dtype: tensorDType(t), shape: t.shape })) });
     // Sequence numbers are taken now, in call order; the frames go out in the same order.
     const messages: Array<Array<Buffer | Payload>> =
       bytes <= CHUNK_BYTES
@@ -433,11 +433,11 @@ export class Ring {
       if (frames.length !== 1) throw new FrameError('a chunked head with payload frames');
       const total = h.tensors.reduce((s, d) => s + byteLengthOf(d.dtype, d.shape), 0);
       if (total > this.opts.maxMessageBytes) throw new FrameError(`a "${h.tag}" message of ${total} bytes exceeds ring.maxMessageBytes (${this.opts.maxMessageBytes})`);
-      this.assembly = { tag: h.tag, tensors: h.tensors.map((d) => ({ data: allocate(d.dtype, d.shape), shape: d.shape })), index: 0, offset: 0 };
+      this.assembly = { tag: h.tag, tensors: h.tensors.map((d) => ({ data: allocate(d.dtype, d.shape), shape: d.shape, dtype: d.dtype })), index: 0, offset: 0 };
       return null;
     }
     if (frames.length !== h.tensors.length + 1) throw new FrameError(`${frames.length - 1} payload frames, header lists ${h.tensors.length}`);
-    return h.tensors.map((d, i) => ({ data: payloadFromFrame(frames[i + 1], d.dtype, d.shape), shape: d.shape }));
+    return h.tensors.map((d, i) => ({ data: payloadFromFrame(frames[i + 1], d.dtype, d.shape), shape: d.shape, dtype: d.dtype }));
   }
 
   /** Hands a message to the oldest waiter for its tag, or queues it. */
@@ -513,6 +513,9 @@ function allocate(dtype: DType, shape: number[]): Payload {
       return new Int32Array(n);
     case 'float64':
       return new Float64Array(n);
+    case 'bfloat16':
+    case 'float16':
+      return new Uint16Array(n);
     default:
       return new Uint8Array(n);
   }

@@ -36,6 +36,7 @@ export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKern
         kvHeads: spec.model.kvHeads,
         headDim: spec.model.dModel / spec.model.heads,
         overlap: spec.attention.overlap,
+        wire: spec.ring.wire,
         positionsOf: spec.attention.scope === 'local' ? () => positions : (r) => shardPositions(layout, seqLen, ring.worldSize, r),
         stats,
       }),
