@@ -159,6 +159,8 @@ export class RingError extends Error {
 }
 
 export interface RingStats {
+  /** Messages whose first frames have been handed to ZeroMQ (counted as they are handed). */
+  messagesHanded: number;
   messagesSent: number;
   bytesSent: number;
   messagesReceived: number;
@@ -186,12 +188,14 @@ export class Ring {
   readonly worldSize: number;
   readonly next: RingPeer;
   readonly prev: RingPeer;
-  readonly stats: RingStats = { messagesSent: 0, bytesSent: 0, messagesReceived: 0, bytesReceived: 0, waitMs: 0 };
+  readonly stats: RingStats = { messagesHanded: 0, messagesSent: 0, bytesSent: 0, messagesReceived: 0, bytesReceived: 0, waitMs: 0 };
 
   private readonly opts: RingOptions;
   private readonly push: zmq.Push;
   private readonly pull: zmq.Pull;
   private sendChain: Promise<void> = Promise.resolve();
+  /** Sends called and not yet finished: counted at the call, so a send never overtakes one queued before it. */
+  private sendsQueued = 0;
   private sendSeq = 0;
   private recvSeq = 0;
   private readonly inbox = new Map<string, Message[]>();
@@ -272,14 +276,24 @@ export class Ring {
       bytes <= CHUNK_BYTES
         ? [[header('whole', tensors), ...tensors.map((t) => t.data)]]
         : [[header('head', tensors)], ...chunksOf(tensors).map((c) => [header('chunk', []), c])];
-    const done = this.sendChain.then(async () => {
-      for (const frames of messages) {
-        this.throwIfFailed();
-        await this.push.send(frames);
+    const run = async () => {
+      try {
+        for (const [i, frames] of messages.entries()) {
+          this.throwIfFailed();
+          const handed = this.push.send(frames);
+          if (i === 0) this.stats.messagesHanded++;
+          await handed;
+        }
+        this.stats.messagesSent++;
+        this.stats.bytesSent += bytes;
+      } finally {
+        this.sendsQueued--;
       }
-      this.stats.messagesSent++;
-      this.stats.bytesSent += bytes;
-    });
+    };
+    // With nothing ahead of it, the message goes to ZeroMQ now, before the caller's next
+    // (possibly synchronous) compute, so its transfer runs under that compute; behind
+    // another send it waits its turn, which keeps the order and ZeroMQ's one send at a time.
+    const done = this.sendsQueued++ === 0 ? run() : this.sendChain.then(run);
     // Keep the chain alive after a failure so later sends report the ring's error, not this one's.
     this.sendChain = done.catch(() => undefined);
     return done;

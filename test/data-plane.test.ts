@@ -12,8 +12,8 @@ import { fullAttentionReference, gatherRows, makeProblem, relErr } from './helpe
 import { closeAll, openLocalRing } from './helpers/ring.js';
 
 /**
- * 16-bit KV blocks on the ring (ring.wire). The conversions are checked against
- * a rounding written the other way: float64 arithmetic on the format's grid.
+ * The ring's data plane (issue 13): 16-bit KV blocks (ring.wire), whose conversions are checked against
+ * a rounding written the other way (float64 arithmetic on the format's grid), and sends handed to ZeroMQ at once.
  */
 
 /** The nearest value of a binary format with `mant` stored mantissa bits, exponents down to `minExp`, ties to even. */
@@ -144,5 +144,48 @@ describe('ring attention over a 16-bit wire', () => {
       assert.equal(errors[wire].bwdBytes, errors.float32.bwdBytes - errors.float32.fwdBytes / 2);
     }
     console.log(`# wire errors vs float64 (S=${S}, ring of 3): ${JSON.stringify(errors)}`);
+  });
+});
+
+describe('a send with nothing ahead of it goes to ZeroMQ at once', () => {
+  it('is handed over before send() returns, so a synchronous compute right after it hides the transfer; later ones keep their order', async () => {
+    const rings = await openLocalRing(2);
+    try {
+      const before = rings[0].stats.messagesHanded;
+      const first = rings[0].send('order', [Float32Array.of(1)]);
+      assert.equal(rings[0].stats.messagesHanded, before + 1, 'handed synchronously');
+      const rest = [2, 3, 4].map((x) => rings[0].send('order', [Float32Array.of(x)]));
+      assert.equal(rings[0].stats.messagesHanded, before + 1, 'queued behind the first');
+      await Promise.all([first, ...rest]);
+      const got: number[] = [];
+      for (let i = 0; i < 4; i++) got.push((await rings[1].recv('order'))[0].data[0]);
+      assert.deepEqual(got, [1, 2, 3, 4]);
+    } finally {
+      await closeAll(rings);
+    }
+  });
+
+  it("ring attention's next KV block is with ZeroMQ before the reference kernel (synchronous) computes on the current one", async () => {
+    await selectBackend('wasm');
+    const rings = await openLocalRing(3);
+    try {
+      const [N, S, H, D] = [3, 48, 2, 8];
+      const p = makeProblem({ seqLen: S, heads: H, kvHeads: H, headDim: D, seed: 9 });
+      const { referenceKernel } = await import('../src/kernels/reference.js');
+      await Promise.all(
+        rings.map(async (ring) => {
+          const handedAtCompute: number[] = [];
+          const start = ring.stats.messagesHanded;
+          const kernel: AttentionKernel = { ...referenceKernel, forward: (a) => (handedAtCompute.push(ring.stats.messagesHanded - start), referenceKernel.forward(a)) };
+          const pos = shardPositions('contiguous', S, N, ring.rank);
+          const cfg = { ring, kernel, causal: false, heads: H, kvHeads: H, headDim: D, overlap: true, positionsOf: (r: number) => shardPositions('contiguous', S, N, r) };
+          await ringAttentionForward(cfg, gatherRows(p.q, pos, H * D), gatherRows(p.k, pos, H * D), gatherRows(p.v, pos, H * D));
+          // Steps 0 and 1 each send a block on before computing; the last step sends nothing.
+          assert.deepEqual(handedAtCompute, [1, 2, 2], `rank ${ring.rank}`);
+        }),
+      );
+    } finally {
+      await closeAll(rings);
+    }
   });
 });
