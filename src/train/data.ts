@@ -228,6 +228,11 @@ export interface DataSourceOptions {
   corpus?: Corpus;
 }
 
+/** The text of a `text` data section: the one given, else read from `data.paths` (or the built-in corpus). */
+export function corpusFor(data: DataSpecLike, opts: DataSourceOptions): Corpus {
+  return opts.corpus ?? loadCorpus(data.paths, { evalFraction: data.evalFraction, cwd: opts.cwd });
+}
+
 /**
  * The data of a run, from the spec's `data` section, `train.seqLen` and the
  * model's vocabulary. Text is byte-level, so it needs vocabSize >= 256; the
@@ -274,7 +279,7 @@ export function createDataSource(
   if (vocabSize < BYTE_VOCAB) {
     throw new UserError(`text data is byte-level and needs model.vocabSize >= ${BYTE_VOCAB}, got ${vocabSize}`);
   }
-  const corpus = opts.corpus ?? loadCorpus(data.paths, { evalFraction: data.evalFraction, cwd: opts.cwd });
+  const corpus = corpusFor(data, opts);
   if (corpus.train.length < seqLen + 1) {
     throw new UserError(
       `the training text has ${corpus.train.length} bytes, fewer than one window of train.seqLen + 1 = ${seqLen + 1}; add data or shorten train.seqLen`,

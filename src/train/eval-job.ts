@@ -1,13 +1,10 @@
-import { loadTunedKernel } from '../engine/tuning.js';
-import { checkLayout, shardPositions } from '../attention/layout.js';
-import { workerThreads, type ClusterSpec } from '../config/index.js';
-import { loadEngine, type EngineName } from '../engine/index.js';
+import { shardPositions } from '../attention/layout.js';
+import type { ClusterSpec } from '../config/index.js';
 import type { JobDefinition } from '../launch/job.js';
 import { createModel } from '../model/index.js';
-import { selectBackend, type BackendWant } from '../tensor/backend.js';
 import { resolveCheckpoint } from './checkpoint.js';
 import { createDataSource } from './data.js';
-import { trainRingOn } from './job.js';
+import { trainRingOn, workerCompute } from './job.js';
 import { evaluate, resolveLayout, type EvalResult } from './loop.js';
 
 /**
@@ -55,13 +52,9 @@ export const evalJob: JobDefinition = {
   async worker(ctx) {
     const { spec, ring } = ctx;
     const { samples } = ctx.args as unknown as EvalArgs;
-    const threads = workerThreads(spec, ctx.rank);
-    const { engine } = await loadEngine(spec.engine as EngineName, { threads, backend: spec.backend as BackendWant });
-    if (spec.kernel === 'tfjs' || engine.name === 'tfjs') await selectBackend(spec.backend as BackendWant);
-    const { kernel } = await loadTunedKernel(spec, { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads });
+    const { engine, kernel } = await workerCompute(spec, ctx.rank);
     const { seqLen } = spec.train;
     const layout = resolveLayout(spec.attention);
-    checkLayout(layout, seqLen, ring.worldSize);
     const positions = shardPositions(layout, seqLen, ring.worldSize, ctx.rank);
     const trainRing = trainRingOn(ring, spec, kernel);
     const data = createDataSource(spec.data, seqLen, spec.model.vocabSize);

@@ -44,6 +44,15 @@ export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKern
   };
 }
 
+/** What a worker computes with: the spec's engine and tuned attention kernel, on its share of the host's threads. */
+export async function workerCompute(spec: ClusterSpec, rank: number) {
+  const threads = workerThreads(spec, rank);
+  const { engine, reason: engineReason } = await loadEngine(spec.engine as EngineName, { threads, backend: spec.backend as BackendWant });
+  if (spec.kernel === 'tfjs' || engine.name === 'tfjs') await selectBackend(spec.backend as BackendWant);
+  const { kernel, reason } = await loadTunedKernel(spec, { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads });
+  return { engine, engineReason, kernel, kernelReason: reason, threads };
+}
+
 /**
  * `ringattn train` on the ring: every rank trains on its layout shard of each
  * sequence; rank 0 streams step metrics to the launcher, which draws progress.
@@ -52,11 +61,8 @@ export const trainJob: JobDefinition = {
   kind: 'train',
   async worker(ctx) {
     const { spec, ring } = ctx;
-    const threads = workerThreads(spec, ctx.rank);
-    const { engine, reason: engineReason } = await loadEngine(spec.engine as EngineName, { threads, backend: spec.backend as BackendWant });
-    if (spec.kernel === 'tfjs' || engine.name === 'tfjs') await selectBackend(spec.backend as BackendWant);
-    const { kernel, reason } = await loadTunedKernel(spec, { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads });
-    ctx.log.info({ engine: engine.name, kernel: kernel.name, threads }, `compute: engine ${engineReason}; attention kernel ${kernel.name} (${reason})`);
+    const { engine, engineReason, kernel, kernelReason, threads } = await workerCompute(spec, ctx.rank);
+    ctx.log.info({ engine: engine.name, kernel: kernel.name, threads }, `compute: engine ${engineReason}; attention kernel ${kernel.name} (${kernelReason})`);
     const result = await train(trainRingOn(ring, spec, kernel), spec, {
       engine,
       runDir: ctx.runDir,

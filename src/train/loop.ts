@@ -8,7 +8,7 @@ import type { AttentionOp, ParamSpec } from '../model/types.js';
 import { CHART_FILE, writeLossChart, type LossPoint } from './chart.js';
 import { ensurePrivateDir, latestCheckpoint, listCheckpoints, saveCheckpoint, writeFileAtomic, type LoadedCheckpoint } from './checkpoint.js';
 import type { Corpus } from './corpus.js';
-import { countTargets, createDataSource, shardOf, type DataSource, type DataState, type Window } from './data.js';
+import { corpusFor, countTargets, createDataSource, shardOf, type DataSource, type DataState, type Window } from './data.js';
 import { MetricsLog, type StepMetrics } from './metrics.js';
 import { adamwUpdate, clipScale, type AdamWState, type OptimizerBuffers } from './optimizer.js';
 import { Progress, type ProgressStream } from './progress.js';
@@ -233,13 +233,9 @@ export async function evaluate(
   count: number,
   seed: number,
 ): Promise<EvalResult> {
-  const windows: Window[] = [];
-  let total = 0;
-  for (let j = 0; j < count; j++) {
-    const w = data.windowFor(0, j, 'eval', seed);
-    windows.push(w);
-    total += countTargets(w);
-  }
+  const windows = Array.from({ length: count }, (_, j) => data.windowFor(0, j, 'eval', seed));
+  const targets = windows.map(countTargets);
+  const total = targets.reduce((a, b) => a + b, 0);
   // Per window: this rank's loss share, then its hits; summed over ranks below.
   const local = new Float32Array(2 * count);
   for (let j = 0; j < count; j++) {
@@ -254,7 +250,7 @@ export async function evaluate(
   for (let j = 0; j < count; j++) {
     loss += red[j];
     hits += red[count + j];
-    perWindow.push({ targets: countTargets(windows[j]), correct: red[count + j], depth: windows[j].depth });
+    perWindow.push({ targets: targets[j], correct: red[count + j], depth: windows[j].depth });
   }
   return { loss, accuracy: total > 0 ? hits / total : 0, perWindow };
 }
@@ -291,12 +287,14 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
     opts.log('attention.causal is false: every token sees its own target, so the next-token loss is meaningless', { warning: true });
   }
   let faultStep = 0;
+  // Stages of a length schedule read the same text: load it once for all of them.
+  const shared = spec.data.kind === 'text' && t.lengthSchedule.length > 0;
+  const dataOpts = { cwd: opts.dataCwd, corpus: shared ? corpusFor(spec.data, { cwd: opts.dataCwd, corpus: opts.corpus }) : opts.corpus };
   const stages = lengthStages(t).map((st) => {
-    checkLayout(layout, st.seqLen, worldSize);
     const positions = shardPositions(layout, st.seqLen, worldSize, rank);
     const op = ring.attention(positions, st.seqLen);
     const attn = opts.fault ? withFaultPoints(op, opts.fault, () => faultStep) : op;
-    const data = createDataSource(spec.data, st.seqLen, cfg.vocabSize, { cwd: opts.dataCwd, corpus: opts.corpus });
+    const data = createDataSource(spec.data, st.seqLen, cfg.vocabSize, dataOpts);
     return { ...st, positions, attn, data };
   });
   // The last stage is train.seqLen: evaluation always runs there, and it sizes every buffer.
