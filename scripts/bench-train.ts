@@ -30,6 +30,7 @@ import { stringify } from 'yaml';
 import { loadSpec, specFromObject, type ClusterSpec } from '../src/config/index.js';
 import { loadGemm } from '../src/engine/addon.js';
 import { headDimOf, paramCount } from '../src/model/index.js';
+import { cpuFlags } from '../src/bench/harness.js';
 import { numpyMatmulRate } from './numpy-gemm.js';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
@@ -108,11 +109,7 @@ interface Row {
   mfu: number;
 }
 
-function cpuFlags(): string {
-  const text = readFileSync('/proc/cpuinfo', 'utf8');
-  const flags = new Set((/^flags\s*:\s*(.*)$/m.exec(text)?.[1] ?? '').split(/\s+/));
-  return ['avx512f', 'avx512bw', 'avx2', 'fma', 'amx_tile'].filter((f) => flags.has(f)).join(' ');
-}
+const TRAIN_FLAGS = ['avx512f', 'avx512bw', 'avx2', 'fma', 'amx_tile'];
 
 const ceiling = await gemmCeiling();
 const dir = mkdtempSync(path.join(tmpdir(), 'ra-bench-train-'));
@@ -158,9 +155,9 @@ try {
 }
 
 if (process.argv.includes('--json')) {
-  process.stdout.write(`${JSON.stringify({ ceiling, cpu: cpus()[0]?.model, flags: cpuFlags(), rows })}\n`);
+  process.stdout.write(`${JSON.stringify({ ceiling, cpu: cpus()[0]?.model, flags: cpuFlags(TRAIN_FLAGS, ''), rows })}\n`);
 } else {
-  console.log(`${cpus().length} x ${cpus()[0]?.model} (${cpuFlags()}); GEMM ceiling ${ceiling.gflops.toFixed(0)} GFLOP/s: ${ceiling.source}`);
+  console.log(`${cpus().length} x ${cpus()[0]?.model} (${cpuFlags(TRAIN_FLAGS, '')}); GEMM ceiling ${ceiling.gflops.toFixed(0)} GFLOP/s: ${ceiling.source}`);
   for (const c of configNames) {
     const s = specOf(c);
     console.log(`${c}: ${s.hosts.reduce((a, h) => a + h.slots, 0)} workers, d=${s.model.dModel}, ${s.model.layers} layers, ${s.model.heads} heads, ${s.train.batch} x ${s.train.seqLen} tokens per step, ${paramCount(s.model)} parameters, ${(modelFlops(s) / 1e9).toFixed(1)} GFLOP per step`);

@@ -14,6 +14,7 @@ import { cpus, totalmem } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
+import { cpuFlags } from '../src/bench/harness.js';
 import { renderChart, type Series } from '../src/train/chart.js';
 import { writeFileAtomic } from '../src/train/checkpoint.js';
 import { passkeyAlphabet } from '../src/train/data.js';
@@ -46,8 +47,9 @@ interface Arm {
 }
 
 // --redraw: the picture and summary again from the runs already in --out, without training.
-const arms: Arm[] = o.redraw ? (JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8')) as { arms: Arm[] }).arms : [];
-for (const name of o.redraw ? [] : (['ring', 'local'] as const)) {
+const saved = o.redraw ? (JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8')) as { commit: string; arms: Arm[] }) : null;
+const arms: Arm[] = saved ? saved.arms : [];
+for (const name of saved ? [] : (['ring', 'local'] as const)) {
   const runDir = path.join(out, name);
   process.stderr.write(`\n== ${name}: training ${CONFIG} with attention.scope=${name}\n`);
   const t = cli(['train', '--config', CONFIG, '--set', `attention.scope=${name}`, '--run-dir', runDir, '--quiet']);
@@ -77,12 +79,11 @@ for (const a of arms) writeFileAtomic(path.join(a.runDir, 'accuracy.svg'), svg);
 writeFileAtomic(path.join(out, 'accuracy.svg'), svg);
 if (o.docs) copyFileSync(path.join(out, 'accuracy.svg'), path.join(ROOT, 'docs', 'long-context.svg'));
 
-const commit = o.redraw
-  ? (JSON.parse(readFileSync(path.join(out, 'summary.json'), 'utf8')) as { commit: string }).commit
+const commit = saved
+  ? saved.commit
   : spawnSync('git', ['rev-parse', '--short', 'HEAD'], { cwd: ROOT, encoding: 'utf8' }).stdout.trim();
-const flags = new Set((/^flags\s*:\s*(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? '').split(/\s+/));
 const lines = [
-  `${new Date().toISOString().slice(0, 10)}, commit \`${commit}\`, ${cpus()[0]?.model} x${cpus().length}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, flags ${['avx512f', 'avx2', 'fma'].filter((f) => flags.has(f)).join(' ')}.`,
+  `${new Date().toISOString().slice(0, 10)}, commit \`${commit}\`, ${cpus()[0]?.model} x${cpus().length}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, flags ${cpuFlags(['avx512f', 'avx2', 'fma'], '')}.`,
   '',
   '| attention | train wall time | held-out accuracy (ringattn eval) | sequences exact | eval loss | accuracy by depth |',
   '| --- | --- | --- | --- | --- | --- |',

@@ -17,6 +17,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { specFromObject } from '../src/config/index.js';
+import { fitLine } from '../src/bench/harness.js';
 import { runJob } from '../src/launch/launcher.js';
 
 export interface SoakOptions {
@@ -118,19 +119,8 @@ function probe(pid: number | 'self'): { rssMiB: number; fds: number } | null {
   }
 }
 
-function slope(xs: number[], ys: number[]): number {
-  const n = xs.length;
-  if (n < 2) return 0;
-  const mx = xs.reduce((a, b) => a + b, 0) / n;
-  const my = ys.reduce((a, b) => a + b, 0) / n;
-  let sxy = 0;
-  let sxx = 0;
-  for (let i = 0; i < n; i++) {
-    sxy += (xs[i] - mx) * (ys[i] - my);
-    sxx += (xs[i] - mx) ** 2;
-  }
-  return sxx === 0 ? 0 : sxy / sxx;
-}
+/** Least-squares slope; 0 for fewer than two samples. */
+const slope = (xs: number[], ys: number[]): number => (xs.length < 2 ? 0 : fitLine(xs, ys).b);
 
 /** Fits per process, over the samples past the first 10% of the steps (warm-up: JIT, allocator, first checkpoint). */
 export function fitSamples(samples: Sample[], steps: number): Fit[] {

@@ -75,11 +75,11 @@ function commitLabel(): string {
   }
 }
 
-/** The vector extensions that matter for the kernels, from /proc/cpuinfo. */
-function cpuFlags(): string {
+/** Which of `names` (default: the vector extensions that matter for the kernels) /proc/cpuinfo lists. */
+export function cpuFlags(names: readonly string[] = ['avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl'], none = 'none of avx2/avx512'): string {
   try {
     const flags = new Set(/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1].trim().split(/\s+/) ?? []);
-    return ['avx2', 'fma', 'avx512f', 'avx512bw', 'avx512vl'].filter((f) => flags.has(f)).join(' ') || 'none of avx2/avx512';
+    return names.filter((f) => flags.has(f)).join(' ') || none;
   } catch {
     return 'unknown (no /proc/cpuinfo)';
   }
