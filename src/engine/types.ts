@@ -85,6 +85,51 @@ export interface AdamWArgs {
   gradScale: number;
 }
 
+/** One query block against one KV block (src/kernels/types.ts has the layout and mask rules). */
+export interface AttentionShape {
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  qLen: number;
+  kvLen: number;
+  causal: boolean;
+  /** Softmax scale, 1/sqrt(headDim) by convention. */
+  scale: number;
+}
+
+/** Global token positions (and document ids) of the query and KV rows: the masks. */
+export interface AttentionMask {
+  qPos: IntTensor;
+  kvPos: IntTensor;
+  /** Both present or both null. */
+  qSeg: IntTensor | null;
+  kvSeg: IntTensor | null;
+}
+
+/**
+ * Attention on the engine's own buffers, for engines whose memory is not the
+ * host's (webgpu): ring attention keeps the query block, the running output
+ * and the gradients on the device and moves only KV and dKV blocks through
+ * the host. Layouts as in src/kernels/types.ts: q, o, dO, dq [qLen, heads,
+ * headDim]; k, v, dk, dv [kvLen, kvHeads, headDim]; lse, delta [heads, qLen].
+ * Recorded in order with the other ops, like them.
+ */
+export interface EngineAttention {
+  /** o = 0, lse = -Infinity: the running result before the first KV block. */
+  reset(s: AttentionShape, o: Tensor, lse: Tensor): void;
+  /** Attention of q against one KV block, merged into the running o (normalised) and lse through the lse. */
+  forward(s: AttentionShape, m: AttentionMask, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor): void;
+  /** delta[h, i] = sum over d of dO[i, h, d] o[i, h, d]. */
+  delta(s: AttentionShape, dO: Tensor, o: Tensor, delta: Tensor): void;
+  /** Adds one KV block's share of the gradients into dq, dk, dv, given the final lse and delta. */
+  backward(
+    s: AttentionShape,
+    m: AttentionMask,
+    t: { q: Tensor; k: Tensor; v: Tensor; dO: Tensor; lse: Tensor; delta: Tensor },
+    g: { dq: Tensor; dk: Tensor; dv: Tensor },
+  ): void;
+}
+
 export interface Engine {
   /** 'native' or 'tfjs'. */
   readonly name: string;
@@ -136,6 +181,8 @@ export interface Engine {
   sumSquares(out: Tensor, x: Tensor): void;
   /** One AdamW update of params, in float64 element by element (bit-identical on every rank and engine). */
   adamw(a: AdamWArgs, params: Tensor, grads: Tensor, m: Tensor, v: Tensor): void;
+  /** Attention on engine buffers; absent when the engine's memory is the host's (ring attention then runs on host arrays). */
+  readonly attention?: EngineAttention;
   /** Frees every buffer. */
   dispose(): void;
 }

@@ -1,0 +1,143 @@
+import { createRequire } from 'node:module';
+import { UserError } from '../../errors.js';
+
+/**
+ * WebGPU in Node through Dawn's bindings (the `webgpu` package, whose tarball
+ * carries a prebuilt dawn.node). Dawn picks one adapter per instance; the list
+ * of adapters comes from asking for one that cannot exist, whose error names
+ * them all ("Available adapters: * backend: 'vulkan', name: '...'").
+ */
+
+export interface AdapterInfo {
+  /** Position in Dawn's adapter list. */
+  index: number;
+  name: string;
+  backend: string;
+  vendor: string;
+  architecture: string;
+  description: string;
+  /** A CPU implementation (lavapipe/llvmpipe, SwiftShader): right answers, no speed. */
+  software: boolean;
+}
+
+export interface OpenedGpu {
+  device: GPUDevice;
+  adapter: AdapterInfo;
+  limits: Record<string, number>;
+  /** Releases the device and Dawn's instance (Dawn's threads otherwise keep Node alive). */
+  close(): void;
+}
+
+/** Where the adapter comes from: an index in Dawn's list or a name; absent = Dawn's first (high-performance) one. */
+export type AdapterWant = number | string | undefined;
+
+type Dawn = { create(options: string[]): GPU; globals: Record<string, unknown> };
+
+const INSTALL_HINT =
+  'install a Vulkan driver (NVIDIA: the proprietary driver with its Vulkan ICD; AMD/Intel: mesa-vulkan-drivers; ' +
+  'a software GPU for tests: mesa-vulkan-drivers 25 from bookworm-backports, see docs/launch.md)';
+
+let dawn: Dawn | null | undefined;
+let dawnMissing = '';
+
+/** Dawn's bindings, or null (with `webgpuUnavailable()` saying why). */
+function loadDawn(): Dawn | null {
+  if (dawn !== undefined) return dawn;
+  try {
+    const require = createRequire(import.meta.url);
+    // The package is ESM-only; its dawn.node is what we need, loaded the way its index.js does.
+    const root = require.resolve('webgpu/package.json').replace(/package\.json$/, '');
+    const arch = process.platform === 'darwin' ? 'universal' : process.arch;
+    dawn = require(`${root}dist/${process.platform}-${arch}/dawn.node`) as Dawn;
+    Object.assign(globalThis, dawn.globals);
+  } catch (e) {
+    dawnMissing = `Dawn's WebGPU bindings did not load (the webgpu package): ${(e as Error).message.split('\n')[0]}`;
+    dawn = null;
+  }
+  return dawn;
+}
+
+/** Why WebGPU cannot run in this process at all, or null. */
+export function webgpuUnavailable(): string | null {
+  return loadDawn() ? null : dawnMissing;
+}
+
+function isSoftware(name: string, architecture: string, fallback: boolean): boolean {
+  return fallback || architecture === 'software' || /llvmpipe|lavapipe|swiftshader|software/i.test(name);
+}
+
+/** Dawn's adapters, in its order; empty when there are none (no driver). */
+export async function listAdapters(): Promise<AdapterInfo[]> {
+  const d = loadDawn();
+  if (!d) return [];
+  let names: Array<{ backend: string; name: string }> = [];
+  try {
+    await d.create(['adapter=\u0001no-such-adapter\u0001']).requestAdapter();
+  } catch (e) {
+    names = [...(e as Error).message.matchAll(/backend: '([^']*)', name: '([^']*)'/g)].map((m) => ({ backend: m[1], name: m[2] }));
+  }
+  const out: AdapterInfo[] = [];
+  for (const [index, n] of names.entries()) {
+    const gpu = d.create([`adapter=${n.name}`]);
+    const a = await gpu.requestAdapter();
+    const info = a?.info;
+    out.push({
+      index,
+      name: n.name,
+      backend: n.backend,
+      vendor: info?.vendor ?? '',
+      architecture: info?.architecture ?? '',
+      description: info?.description ?? '',
+      software: isSoftware(n.name, info?.architecture ?? '', Boolean((a as unknown as { isFallbackAdapter?: boolean })?.isFallbackAdapter)),
+    });
+  }
+  return out;
+}
+
+/** Limits worth raising to the adapter's own (the defaults are a phone's). */
+const LIMITS = [
+  'maxStorageBufferBindingSize',
+  'maxBufferSize',
+  'maxStorageBuffersPerShaderStage',
+  'maxComputeWorkgroupStorageSize',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupSizeY',
+  'maxComputeWorkgroupsPerDimension',
+] as const;
+
+/**
+ * Opens a device on the adapter asked for. Throws a UserError naming what was
+ * looked for and how to get a driver when there is none: asking for webgpu
+ * never falls back to the CPU.
+ */
+export async function openGpu(want: AdapterWant, opts: { allowSoftware: boolean; what?: string }): Promise<OpenedGpu> {
+  const d = loadDawn();
+  const what = opts.what ?? 'backend webgpu';
+  if (!d) throw new UserError(`${what}: ${dawnMissing}`);
+  const adapters = await listAdapters();
+  const looked = want === undefined ? 'any WebGPU adapter' : typeof want === 'number' ? `WebGPU adapter ${want}` : `the WebGPU adapter named '${want}'`;
+  if (adapters.length === 0) throw new UserError(`${what}: no WebGPU adapter found (looked for ${looked}); ${INSTALL_HINT}`);
+  const listed = adapters.map((a) => `${a.index}: ${a.name}`).join('; ');
+  let pick: AdapterInfo | undefined;
+  if (typeof want === 'number') pick = adapters[want];
+  else if (typeof want === 'string') pick = adapters.find((a) => a.name === want) ?? adapters.find((a) => a.name.toLowerCase().includes(want.toLowerCase()));
+  else pick = adapters.find((a) => !a.software) ?? adapters[0];
+  if (!pick) throw new UserError(`${what}: ${looked} not found (adapters here: ${listed})`);
+  if (pick.software && !opts.allowSoftware) throw new UserError(`${what}: only a software adapter is here (${pick.name}); ${INSTALL_HINT}`);
+  let gpu: GPU | null = d.create([`adapter=${pick.name}`]);
+  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  if (!adapter) throw new UserError(`${what}: Dawn listed ${pick.name} but gave no adapter for it; ${INSTALL_HINT}`);
+  const requiredLimits: Record<string, number> = {};
+  for (const k of LIMITS) requiredLimits[k] = adapter.limits[k];
+  const device = await adapter.requestDevice({ requiredLimits });
+  return {
+    device,
+    adapter: pick,
+    limits: requiredLimits,
+    close() {
+      device.destroy();
+      gpu = null;
+    },
+  };
+}
