@@ -239,8 +239,8 @@ for (const subject of engines) {
       let fwd = 0;
       let bwd = 0;
       const attn: AttentionOp = {
-        forward: (q, k, v) => (fwd++, inner.forward(q, k, v)),
-        backward: (s, dO) => (bwd++, inner.backward(s, dO)),
+        forward: (e, t) => (fwd++, inner.forward(e, t)),
+        backward: (e, s, dO, g) => (bwd++, inner.backward(e, s, dO, g)),
       };
       const r = await step(engine, cfg, params, seq, attn);
       assert.equal(r.lossSum, 0);

@@ -403,14 +403,14 @@ test("an engine memory cap: what the engine's buffers hold, and the longest cont
   const model: ModelConfig = { vocabSize: 8, dModel: 4, layers: 1, heads: 2, kvHeads: 1, ffnHidden: 8, ffnChunk: 2, norm: 'rms', tiedEmbeddings: true, ropeBase: 10000, initStd: 0.02 };
   const engine = { model, worldSize: 2, layout: 'contiguous' as const, threads: 1, runtimeBytes: 1000, corpusBytes: 77 };
   // At 8 tokens (4 per worker): params 156, reduce buffer 160, m and v 312, saved 96, working set 96, FFN chunk 48,
-  // logits 16, tokens and targets 8 ints, rope 4 x 2 = 8, loss and norm 2: 902 four-byte values. Runtime, corpus, lse,
-  // kernel packs and ring arrays are outside the engine.
-  assert.equal(engineBytes(engineTerms({ ...engine, seqLen: 8 })), 902 * 4);
+  // logits 16, tokens and targets 8 ints, rope 4 x 2 = 8, loss and norm 2, lse 2 x 4 = 8: 910 four-byte values. Runtime,
+  // corpus, kernel packs and ring arrays are outside the engine.
+  assert.equal(engineBytes(engineTerms({ ...engine, seqLen: 8 })), 910 * 4);
   const report = (cap: number) => jobReport({ kind: 'engine', engine, engineMaxBytes: cap }, { batch: 1, seqLen: 8, hosts: 2 }, 1e12).engineCap!;
-  const at8 = report(902 * 4);
-  assert.deepEqual([at8.engineBytes, at8.fits, at8.maxContextTokens, at8.maxContextPow2], [902 * 4, true, 8, 8]);
+  const at8 = report(910 * 4);
+  assert.deepEqual([at8.engineBytes, at8.fits, at8.maxContextTokens, at8.maxContextPow2], [910 * 4, true, 8, 8]);
   // One byte less and 8 tokens no longer fit; contiguous on 2 ranks splits multiples of 2, so 6 is the longest.
-  const below = report(902 * 4 - 1);
+  const below = report(910 * 4 - 1);
   assert.deepEqual([below.fits, below.maxContextTokens, below.maxContextPow2], [false, 6, 4]);
   assert.equal(jobReport({ kind: 'engine', engine }, { batch: 1, seqLen: 8, hosts: 2 }, 1e12).engineCap, null, 'no cap asked for, none planned');
 });

@@ -1,7 +1,9 @@
 import { isFullyMasked } from '../kernels/mask.js';
 import { emptyPartial, mergePartial, rowDelta } from '../kernels/merge.js';
 import type { AttentionDims, AttentionKernel, BlockArgs, BlockPartial } from '../kernels/types.js';
-import type { AttentionOp } from '../model/types.js';
+import { slice, type AttentionMask, type AttentionShape, type Engine, type EngineAttention, type IntTensor, type Tensor as Tensor32 } from '../engine/types.js';
+import { onHostArrays } from '../model/host-attention.js';
+import type { AttentionOp, AttentionTensors } from '../model/types.js';
 import type { Tensor } from '../ring/frame.js';
 import type { Message, Ring } from '../ring/transport.js';
 import { fromWire, toWire, type WireFormat } from '../ring/wire.js';
@@ -24,10 +26,10 @@ import { Trace, TRACK_COMPUTE, TRACK_TRANSFER, TRACK_WAIT } from './trace.js';
  * and `positionsOf(rank)` says which positions a rank's block holds.
  */
 
-export interface RingAttentionConfig extends AttentionDims {
+/** The ring schedule's settings, whichever memory the blocks live in. */
+export interface RingConfig extends AttentionDims {
   /** null runs the same loop on a single process (a ring of one). */
   ring: Ring | null;
-  kernel: AttentionKernel;
   causal: boolean;
   scale?: number;
   /** false = the naive schedule: a block is sent only after the compute on it. */
@@ -40,6 +42,11 @@ export interface RingAttentionConfig extends AttentionDims {
   segments?: Int32Array;
   trace?: Trace;
   stats?: RingStepStats;
+}
+
+/** Ring attention on host arrays, one kernel call per ring step. */
+export interface RingAttentionConfig extends RingConfig {
+  kernel: AttentionKernel;
 }
 
 /** Cumulative per-rank figures over every ring step run with this config. */
@@ -67,7 +74,7 @@ interface KVBlock {
 
 const mod = (a: number, n: number) => ((a % n) + n) % n;
 
-function ringShape(cfg: RingAttentionConfig): { rank: number; n: number } {
+function ringShape(cfg: RingConfig): { rank: number; n: number } {
   return cfg.ring ? { rank: cfg.ring.rank, n: cfg.ring.worldSize } : { rank: 0, n: 1 };
 }
 
@@ -90,7 +97,7 @@ function blockArgs(cfg: RingAttentionConfig, q: Float32Array, qPos: Int32Array, 
   };
 }
 
-function kvPayload(cfg: RingAttentionConfig, kv: KVBlock): Tensor[] {
+function kvPayload(cfg: RingConfig, kv: Pick<KVBlock, 'k' | 'v' | 'seg' | 'wire'>): Tensor[] {
   if (kv.wire) return kv.wire;
   const format = cfg.wire ?? 'float32';
   const out = [toWire(kv.k, format), toWire(kv.v, format)];
@@ -102,15 +109,14 @@ function kvFromMessage(m: Message, owner: number): KVBlock {
   return { owner, k: fromWire(k), v: fromWire(v), seg: seg?.data as Int32Array | undefined, wire: m.tensors };
 }
 
-/** Starts moving `kv` one hop: send to the successor, receive the predecessor's block. */
-function startPass(cfg: RingAttentionConfig, tag: string, kv: KVBlock, nextOwner: number) {
+/** Starts moving a KV block one hop: send its payload to the successor, receive the predecessor's block. */
+function startPass(cfg: RingConfig, tag: string, payload: Tensor[], nextOwner: number) {
   const ring = cfg.ring!;
   const posted = performance.now();
-  const payload = kvPayload(cfg, kv);
   const sent = ring.send(tag, payload);
   const received = ring.recvMessage(tag).then((m) => {
     cfg.trace?.span(`${tag} from rank ${ring.prev.rank}`, TRACK_TRANSFER, posted, m.arrivedAt, { owner: nextOwner });
-    return kvFromMessage(m, nextOwner);
+    return m;
   });
   // Unobserved rejections would crash the process before the step awaits them.
   sent.catch(() => undefined);
@@ -120,7 +126,7 @@ function startPass(cfg: RingAttentionConfig, tag: string, kv: KVBlock, nextOwner
 }
 
 /** Awaits a promise, counting the time as waiting (nothing left to compute meanwhile). */
-async function waitFor<T>(cfg: RingAttentionConfig, what: string, p: Promise<T>): Promise<T> {
+async function waitFor<T>(cfg: RingConfig, what: string, p: Promise<T>): Promise<T> {
   const start = performance.now();
   const value = await p;
   const end = performance.now();
@@ -129,7 +135,7 @@ async function waitFor<T>(cfg: RingAttentionConfig, what: string, p: Promise<T>)
   return value;
 }
 
-async function timed<T>(cfg: RingAttentionConfig, name: string, step: number, owner: number, run: () => Promise<T>): Promise<T> {
+async function timed<T>(cfg: RingConfig, name: string, step: number, owner: number, run: () => Promise<T>): Promise<T> {
   const start = performance.now();
   const value = await run();
   const end = performance.now();
@@ -147,7 +153,7 @@ export async function ringAttentionForward(cfg: RingAttentionConfig, q: Float32A
   for (let t = 0; t < n; t++) {
     const last = t === n - 1;
     const nextOwner = mod(rank - t - 1, n);
-    let pass = !last && cfg.overlap ? startPass(cfg, 'kv', kv, nextOwner) : null;
+    let pass = !last && cfg.overlap ? startPass(cfg, 'kv', kvPayload(cfg, kv), nextOwner) : null;
     const args = blockArgs(cfg, q, qPos, kv);
     if (cfg.stats) cfg.stats.steps++;
     if (isFullyMasked(args)) {
@@ -157,8 +163,8 @@ export async function ringAttentionForward(cfg: RingAttentionConfig, q: Float32A
       mergePartial(acc, part, cfg.heads, cfg.headDim);
     }
     if (last) break;
-    pass ??= startPass(cfg, 'kv', kv, nextOwner);
-    kv = await waitFor(cfg, 'wait kv', pass.received);
+    pass ??= startPass(cfg, 'kv', kvPayload(cfg, kv), nextOwner);
+    kv = kvFromMessage(await waitFor(cfg, 'wait kv', pass.received), nextOwner);
     await pass.sent;
   }
   return acc;
@@ -191,7 +197,7 @@ export async function ringAttentionBackward(
   for (let t = 0; t < n; t++) {
     const last = t === n - 1;
     const nextOwner = mod(rank - t - 1, n);
-    let pass = !last && cfg.overlap ? startPass(cfg, 'bkv', kv, nextOwner) : null;
+    let pass = !last && cfg.overlap ? startPass(cfg, 'bkv', kvPayload(cfg, kv), nextOwner) : null;
     // The accumulator for this block arrives from the predecessor while we compute our share into zeros.
     const incoming = t > 0 ? ring!.recv('dkv') : null;
     incoming?.catch(() => undefined);
@@ -231,17 +237,232 @@ export async function ringAttentionBackward(
       await sentD;
       return { dq, dk: hk, dv: hv };
     }
-    pass ??= startPass(cfg, 'bkv', kv, nextOwner);
-    kv = await waitFor(cfg, 'wait kv', pass.received);
+    pass ??= startPass(cfg, 'bkv', kvPayload(cfg, kv), nextOwner);
+    kv = kvFromMessage(await waitFor(cfg, 'wait kv', pass.received), nextOwner);
     await pass.sent;
   }
   throw new Error('unreachable');
 }
 
-/** Ring attention as the model's attention layer for this rank's shard. */
-export function ringAttentionOp(cfg: RingAttentionConfig): AttentionOp {
+/**
+ * Ring attention on an engine's own memory (engine.attention: webgpu). The
+ * same schedule as above; the query block, the running o and lse, dq and every
+ * rank's share of dK/dV are computed on the device. What crosses to the host
+ * is what the ring carries: the rank's own K, V (read back once per pass,
+ * before the first compute is submitted, so the read runs first and the send
+ * starts while that compute runs), each received block (uploaded into one of
+ * two device slots) and the dK/dV shares. The accumulators travel and add on
+ * the host, in the host loop's order.
+ */
+class EngineRing {
+  private readonly att: EngineAttention;
+  private slots: Array<{ k: Tensor32; v: Tensor32 }> = [];
+  private positions = new Map<number, IntTensor>();
+  private seg: { q: IntTensor; kv: IntTensor[] } | null = null;
+  private share: { dk: Tensor32; dv: Tensor32 } | null = null;
+  private deltaT: Tensor32 | null = null;
+  private rows = 0;
+
+  constructor(
+    private readonly cfg: RingConfig,
+    private readonly engine: Engine,
+  ) {
+    this.att = engine.attention!;
+  }
+
+  /** Device buffers sized for the longest block of the ring, allocated on first use. */
+  private ensure(): void {
+    const { n } = ringShape(this.cfg);
+    let rows = 0;
+    for (let r = 0; r < n; r++) rows = Math.max(rows, this.cfg.positionsOf(r).length);
+    if (rows <= this.rows) return;
+    const kvw = this.cfg.kvHeads * this.cfg.headDim;
+    const e = this.engine;
+    this.rows = rows;
+    this.slots = [0, 1].map(() => ({ k: e.floats(rows * kvw), v: e.floats(rows * kvw) }));
+    this.share = { dk: e.floats(rows * kvw), dv: e.floats(rows * kvw) };
+    this.deltaT = e.floats(rows * this.cfg.heads);
+    this.positions.clear();
+    for (let r = 0; r < n; r++) {
+      const pos = this.cfg.positionsOf(r);
+      const t = e.ints(Math.max(1, pos.length));
+      e.writeInts(t, pos);
+      this.positions.set(r, slice(t, 0, pos.length));
+    }
+    this.seg = this.cfg.segments ? { q: e.ints(rows), kv: [e.ints(rows), e.ints(rows)] } : null;
+    if (this.seg && this.cfg.segments) e.writeInts(this.seg.q, this.cfg.segments);
+  }
+
+  private shape(qLen: number, kvLen: number): AttentionShape {
+    const c = this.cfg;
+    return { heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, qLen, kvLen, causal: c.causal, scale: c.scale ?? 1 / Math.sqrt(c.headDim) };
+  }
+
+  private mask(owner: number, slot: number, kvSeg: Int32Array | undefined, qLen: number): AttentionMask {
+    const { rank } = ringShape(this.cfg);
+    const kvPos = this.positions.get(owner)!;
+    if (!this.seg || !kvSeg) return { qPos: this.positions.get(rank)!, kvPos, qSeg: null, kvSeg: null };
+    const kv = slice(this.seg.kv[slot], 0, kvSeg.length);
+    this.engine.writeInts(kv, kvSeg);
+    return { qPos: this.positions.get(rank)!, kvPos, qSeg: slice(this.seg.q, 0, qLen), kvSeg: kv };
+  }
+
+  private skip(owner: number, kvSeg: Int32Array | undefined): boolean {
+    const { rank } = ringShape(this.cfg);
+    const c = this.cfg;
+    return isFullyMasked({ causal: c.causal, qPos: c.positionsOf(rank), kvPos: c.positionsOf(owner), qSeg: c.segments, kvSeg });
+  }
+
+  /** The rank's own K, V as the ring's payload (rounded once here for a 16-bit wire); the reads are submitted now. */
+  private ownPayload(k: Tensor32, v: Tensor32): Promise<Tensor[]> {
+    return Promise.all([this.engine.read(k), this.engine.read(v)]).then(([hk, hv]) => kvPayload(this.cfg, { k: hk, v: hv, seg: this.cfg.segments }));
+  }
+
+  /** A received block into device slot `slot`: its k, v tensors there, its segments and payload as they came. */
+  private upload(m: Message, slot: number, kvLen: number): { k: Tensor32; v: Tensor32; seg?: Int32Array; payload: Tensor[] } {
+    const w = kvLen * this.cfg.kvHeads * this.cfg.headDim;
+    const k = slice(this.slots[slot].k, 0, w);
+    const v = slice(this.slots[slot].v, 0, w);
+    const [mk, mv, seg] = m.tensors;
+    this.engine.write(k, fromWire(mk));
+    this.engine.write(v, fromWire(mv));
+    return { k, v, seg: seg?.data as Int32Array | undefined, payload: m.tensors };
+  }
+
+  async forward(t: AttentionTensors): Promise<void> {
+    const cfg = this.cfg;
+    const { rank, n } = ringShape(cfg);
+    this.ensure();
+    const qLen = cfg.positionsOf(rank).length;
+    this.att.reset(this.shape(qLen, qLen), t.o, t.lse);
+    let kv = { owner: rank, k: t.k, v: t.v, seg: cfg.segments };
+    let payload: Promise<Tensor[]> = n > 1 ? this.ownPayload(t.k, t.v) : Promise.resolve([]);
+    for (let step = 0; step < n; step++) {
+      const last = step === n - 1;
+      const nextOwner = mod(rank - step - 1, n);
+      let pass = !last && cfg.overlap ? payload.then((p) => startPass(cfg, 'kv', p, nextOwner)) : null;
+      pass?.catch(() => undefined);
+      if (cfg.stats) cfg.stats.steps++;
+      if (this.skip(kv.owner, kv.seg)) {
+        if (cfg.stats) cfg.stats.skippedSteps++;
+      } else {
+        const s = this.shape(qLen, cfg.positionsOf(kv.owner).length);
+        const m = this.mask(kv.owner, step % 2, kv.seg, qLen);
+        await timed(cfg, 'attention fwd', step, kv.owner, async () => {
+          this.att.forward(s, m, t.q, kv.k, kv.v, t.o, t.lse);
+          await this.engine.flush();
+        });
+      }
+      if (last) break;
+      pass ??= payload.then((p) => startPass(cfg, 'kv', p, nextOwner));
+      const p = await pass;
+      const got = this.upload(await waitFor(cfg, 'wait kv', p.received), (step + 1) % 2, cfg.positionsOf(nextOwner).length);
+      kv = { owner: nextOwner, k: got.k, v: got.v, seg: got.seg };
+      payload = Promise.resolve(got.payload);
+      await p.sent;
+    }
+  }
+
+  async backward(saved: AttentionTensors, dO: Tensor32, g: { dq: Tensor32; dk: Tensor32; dv: Tensor32 }): Promise<void> {
+    const cfg = this.cfg;
+    const ring = cfg.ring;
+    const { rank, n } = ringShape(cfg);
+    this.ensure();
+    const e = this.engine;
+    const qLen = cfg.positionsOf(rank).length;
+    const delta = slice(this.deltaT!, 0, cfg.heads * qLen);
+    this.att.delta(this.shape(qLen, qLen), dO, saved.o, delta);
+    e.zero(g.dq);
+    const grads = { q: saved.q, k: saved.k, v: saved.v, dO, lse: saved.lse, delta };
+    let kv = { owner: rank, k: saved.k, v: saved.v, seg: cfg.segments };
+    let payload: Promise<Tensor[]> = n > 1 ? this.ownPayload(saved.k, saved.v) : Promise.resolve([]);
+    for (let step = 0; step < n; step++) {
+      const last = step === n - 1;
+      const nextOwner = mod(rank - step - 1, n);
+      let pass = !last && cfg.overlap ? payload.then((p) => startPass(cfg, 'bkv', p, nextOwner)) : null;
+      pass?.catch(() => undefined);
+      const incoming = step > 0 ? ring!.recv('dkv') : null;
+      incoming?.catch(() => undefined);
+      const kvLen = cfg.positionsOf(kv.owner).length;
+      const w = kvLen * cfg.kvHeads * cfg.headDim;
+      // A ring of one adds straight into the model's dk, dv; otherwise our share goes to the host.
+      const share = n === 1 ? { dk: g.dk, dv: g.dv } : { dk: slice(this.share!.dk, 0, w), dv: slice(this.share!.dv, 0, w) };
+      e.zero(share.dk);
+      e.zero(share.dv);
+      if (cfg.stats) cfg.stats.steps++;
+      if (this.skip(kv.owner, kv.seg)) {
+        if (cfg.stats) cfg.stats.skippedSteps++;
+      } else {
+        const s = this.shape(qLen, kvLen);
+        const m = this.mask(kv.owner, step % 2, kv.seg, qLen);
+        await timed(cfg, 'attention bwd', step, kv.owner, async () => {
+          this.att.backward(s, m, { ...grads, k: kv.k, v: kv.v }, { dq: g.dq, dk: share.dk, dv: share.dv });
+          await e.flush();
+        });
+      }
+      if (n === 1) return;
+      // The share is read into fresh arrays: they are what travels on.
+      let dk: Float32Array = Float32Array.from(await e.read(share.dk));
+      let dv: Float32Array = Float32Array.from(await e.read(share.dv));
+      if (incoming) {
+        const [pk, pv] = (await waitFor(cfg, 'wait dkv', incoming)).map((x) => x.data as Float32Array);
+        for (let i = 0; i < pk.length; i++) pk[i] += dk[i];
+        for (let i = 0; i < pv.length; i++) pv[i] += dv[i];
+        dk = pk;
+        dv = pv;
+      }
+      // The KV block's pass must be on the wire before the dK/dV that follows it.
+      const started = pass ? await pass : null;
+      const sentD = ring!.send(last ? 'dkv-home' : 'dkv', [dk, dv]);
+      sentD.catch(() => undefined);
+      if (cfg.stats) cfg.stats.bytesSent += dk.byteLength + dv.byteLength;
+      if (last) {
+        const [hk, hv] = (await waitFor(cfg, 'wait dkv home', ring!.recv('dkv-home'))).map((x) => x.data as Float32Array);
+        await sentD;
+        e.write(g.dk, hk);
+        e.write(g.dv, hv);
+        await e.flush();
+        return;
+      }
+      const p = started !== null ? started : startPass(cfg, 'bkv', await payload, nextOwner);
+      const got = this.upload(await waitFor(cfg, 'wait kv', p.received), (step + 1) % 2, cfg.positionsOf(nextOwner).length);
+      kv = { owner: nextOwner, k: got.k, v: got.v, seg: got.seg };
+      payload = Promise.resolve(got.payload);
+      await p.sent;
+    }
+  }
+}
+
+/**
+ * Ring attention as the model's attention layer for this rank's shard: on the
+ * engine's memory where the engine has its own attention (webgpu), else on
+ * host arrays with the config's kernel.
+ */
+export function ringAttentionOp(cfg: RingConfig & { kernel?: AttentionKernel }): AttentionOp {
+  const onEngine = new WeakMap<Engine, EngineRing>();
+  const host = cfg.kernel
+    ? onHostArrays({
+        forward: (q, k, v) => ringAttentionForward(cfg as RingAttentionConfig, q, k, v),
+        backward: (saved, dO) => ringAttentionBackward(cfg as RingAttentionConfig, saved, dO),
+      })
+    : null;
+  const pick = (engine: Engine): AttentionOp | EngineRing => {
+    if (engine.attention) {
+      let r = onEngine.get(engine);
+      if (!r) onEngine.set(engine, (r = new EngineRing(cfg, engine)));
+      return r;
+    }
+    if (!host) throw new Error(`ring attention: engine ${engine.name} has no attention of its own and no kernel was given`);
+    return host;
+  };
   return {
-    forward: (q, k, v) => ringAttentionForward(cfg, q, k, v),
-    backward: (saved, dO) => ringAttentionBackward(cfg, saved, dO),
+    forward: (engine, t) => {
+      const p = pick(engine);
+      return p instanceof EngineRing ? p.forward(t) : p.forward(engine, t);
+    },
+    backward: (engine, saved, dO, g) => {
+      const p = pick(engine);
+      return p instanceof EngineRing ? p.backward(saved, dO, g) : p.backward(engine, saved, dO, g);
+    },
   };
 }

@@ -1,4 +1,4 @@
-import { rowDelta } from '../kernels/merge.js';
+import { ringAttentionOp } from '../attention/ring-attention.js';
 import { referenceKernel } from '../kernels/reference.js';
 import type { AttentionKernel, BlockArgs } from '../kernels/types.js';
 import { Rng } from '../tensor/random.js';
@@ -15,37 +15,8 @@ import type { AttentionOp, ModelConfig, Params } from './types.js';
  * global positions (the causal mask reads them; any order works).
  */
 export function localAttention(cfg: ModelConfig, positions: Int32Array, kernel: AttentionKernel = referenceKernel): AttentionOp {
-  const heads = cfg.heads;
-  const kvHeads = cfg.kvHeads;
   const headDim = headDimOf(cfg);
-  const n = positions.length;
-  const args = (q: Float32Array, k: Float32Array, v: Float32Array): BlockArgs => ({
-    heads,
-    kvHeads,
-    headDim,
-    qLen: n,
-    kvLen: n,
-    q,
-    k,
-    v,
-    qPos: positions,
-    kvPos: positions,
-    causal: true,
-    scale: 1 / Math.sqrt(headDim),
-  });
-  return {
-    forward: (q, k, v) => kernel.forward(args(q, k, v)),
-    async backward(saved, dO) {
-      const delta = rowDelta(dO, saved.o, n, heads, headDim);
-      const acc = {
-        dq: new Float32Array(n * heads * headDim),
-        dk: new Float32Array(n * kvHeads * headDim),
-        dv: new Float32Array(n * kvHeads * headDim),
-      };
-      await kernel.backward(args(saved.q, saved.k, saved.v), { dO, lse: saved.lse, delta }, acc);
-      return acc;
-    },
-  };
+  return ringAttentionOp({ ring: null, kernel, causal: true, heads: cfg.heads, kvHeads: cfg.kvHeads, headDim, overlap: false, positionsOf: () => positions });
 }
 
 export interface GenerateOptions {

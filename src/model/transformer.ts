@@ -132,7 +132,7 @@ export function createModel(engine: Engine, cfg: ModelConfig, opts: ModelOptions
   const vs = perLayer(L, kvDim);
   const os = perLayer(L, qDim);
   const x1s = perLayer(L, d);
-  const lses: Float32Array[] = new Array<Float32Array>(L);
+  const lses = perLayer(L, cfg.heads);
   // Working buffers.
   const h = engine.floats(cap * d);
   const dx = engine.floats(cap * d);
@@ -204,10 +204,7 @@ export function createModel(engine: Engine, cfg: ModelConfig, opts: ModelOptions
       engine.matmul({ m: n, n: kvDim, k: d }, v, hn, w.wv);
       engine.rope({ rows: n, heads: cfg.heads, headDim: hd }, q, cos, sin);
       engine.rope({ rows: n, heads: cfg.kvHeads, headDim: hd }, k, cos, sin);
-      const out = await attn.forward(await engine.read(q), await engine.read(k), await engine.read(v));
-      if (out.o.length !== n * qDim) throw new Error(`model: attention returned ${out.o.length} outputs, expected ${n * qDim}`);
-      engine.write(o, out.o);
-      lses[l] = out.lse;
+      await attn.forward(engine, { q, k, v, o, lse: slice(lses[l], 0, cfg.heads * n) });
       engine.matmul({ m: n, n: d, k: qDim }, x1, o, w.wo);
       engine.add(x1, x1, x, n * d);
       const y = rows(xs[l + 1], 0, n, d);
@@ -313,20 +310,11 @@ export function createModel(engine: Engine, cfg: ModelConfig, opts: ModelOptions
       const dOn = rows(dO, 0, n, qDim);
       engine.matmul({ m: qDim, n: d, k: n, transA: true, accumulate: true }, g.wo, o, dxn);
       engine.matmul({ m: n, n: qDim, k: d, transB: true }, dOn, dxn, w.wo);
-      const saved = {
-        q: await engine.read(rows(qs[l], 0, n, qDim)),
-        k: await engine.read(rows(ks[l], 0, n, kvDim)),
-        v: await engine.read(rows(vs[l], 0, n, kvDim)),
-        o: await engine.read(o),
-        lse: lses[l],
-      };
-      const grad = await attn.backward(saved, await engine.read(dOn));
+      const saved = { q: rows(qs[l], 0, n, qDim), k: rows(ks[l], 0, n, kvDim), v: rows(vs[l], 0, n, kvDim), o, lse: slice(lses[l], 0, cfg.heads * n) };
       const dqn = rows(dq, 0, n, qDim);
       const dkn = rows(dk, 0, n, kvDim);
       const dvn = rows(dv, 0, n, kvDim);
-      engine.write(dqn, grad.dq);
-      engine.write(dkn, grad.dk);
-      engine.write(dvn, grad.dv);
+      await attn.backward(engine, saved, dOn, { dq: dqn, dk: dkn, dv: dvn });
       // Rope is a rotation: its backward rotates back.
       engine.rope({ rows: n, heads: cfg.heads, headDim: hd, inverse: true }, dqn, cos, sin);
       engine.rope({ rows: n, heads: cfg.kvHeads, headDim: hd, inverse: true }, dkn, cos, sin);

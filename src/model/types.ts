@@ -1,3 +1,5 @@
+import type { Engine, Tensor } from '../engine/types.js';
+
 /**
  * Contracts between the model (src/model/), ring attention (src/attention/) and
  * the trainer (src/train/). Arrays are token-major: [tokens, heads, headDim].
@@ -36,11 +38,30 @@ export interface Params {
   specs: ParamSpec[];
 }
 
-/** What the attention layer of the model needs from ring attention, for the local shard. */
+/** The attention tensors of one layer, on the model's engine: q [n, heads, headDim]; k, v [n, kvHeads, headDim]; o like q; lse [heads, n]. */
+export interface AttentionTensors {
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  o: Tensor;
+  lse: Tensor;
+}
+
+/**
+ * What the attention layer of the model needs from ring attention, for the
+ * local shard, on engine tensors: an engine with its own attention (webgpu)
+ * keeps them on the device; others run on host arrays (`onHostArrays`).
+ */
 export interface AttentionOp {
-  /** q: [n, heads, headDim]; k, v: [n, kvHeads, headDim]. Returns o: [n, heads, headDim], lse: [heads, n]. */
+  /** Writes o and lse from q, k, v. */
+  forward(engine: Engine, t: AttentionTensors): Promise<void>;
+  /** Writes dq, dk, dv from the forward's tensors and dL/do. */
+  backward(engine: Engine, saved: AttentionTensors, dO: Tensor, grads: { dq: Tensor; dk: Tensor; dv: Tensor }): Promise<void>;
+}
+
+/** Attention on host arrays: q [n, heads, headDim]; k, v [n, kvHeads, headDim]; returns o [n, heads, headDim], lse [heads, n]. */
+export interface HostAttentionOp {
   forward(q: Float32Array, k: Float32Array, v: Float32Array): Promise<{ o: Float32Array; lse: Float32Array }>;
-  /** Given the forward's inputs and outputs and dL/do, returns dq, dk, dv for the local shard. */
   backward(
     saved: { q: Float32Array; k: Float32Array; v: Float32Array; o: Float32Array; lse: Float32Array },
     dO: Float32Array,

@@ -94,7 +94,7 @@ export function engineTerms(job: EngineJob): JobTerm[] {
     e('gradients', reduceLen, `P + 2 + worldSize floats: the reduce buffer that holds the gradients`),
     e('adamState', 2 * P, '2P floats: AdamW m and v'),
     e('savedActivations', (L + 1) * n * d + L * n * (2 * qDim + 2 * kvDim + d), `per layer x, q, k, v, o and x1 for n = ${n} tokens, plus the final x`),
-    t('attentionLse', L * heads * n, 'always', 'per layer lse [heads, n]: the JS array ring attention returned'),
+    e('attentionLse', L * heads * n, 'per layer lse [heads, n], saved for backward'),
     e('layerWorkingSet', 3 * n * d + 2 * n * qDim + 2 * n * kvDim, 'h, dx, dh [n, d]; dq, dO [n, q]; dk, dv [n, kv]'),
     e('ffnChunk', 2 * chunk * d + 2 * chunk * F, `hc, dhc [chunk, d]; u, a [chunk, ffnHidden], chunk = ${chunk}`),
     e('logitsChunk', chunk * V, `logits [chunk, vocab], chunk = ${chunk}`),

@@ -205,13 +205,13 @@ async function resumeFromCheckpoint(
 /** The attention op with the fault hook called on entry to its forward and backward passes. */
 function withFaultPoints(op: AttentionOp, fault: NonNullable<TrainOptions['fault']>, step: () => number): AttentionOp {
   return {
-    forward: (q, k, v) => {
+    forward: (engine, t) => {
       fault('forward', step());
-      return op.forward(q, k, v);
+      return op.forward(engine, t);
     },
-    backward: (saved, dO) => {
+    backward: (engine, saved, dO, g) => {
       fault('backward', step());
-      return op.backward(saved, dO);
+      return op.backward(engine, saved, dO, g);
     },
   };
 }

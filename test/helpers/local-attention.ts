@@ -1,6 +1,7 @@
 import { rowDelta } from '../../src/kernels/merge.js';
 import { referenceKernel } from '../../src/kernels/reference.js';
 import type { BlockArgs } from '../../src/kernels/types.js';
+import { onHostArrays } from '../../src/model/host-attention.js';
 import type { AttentionOp, ModelConfig } from '../../src/model/types.js';
 
 /**
@@ -77,7 +78,7 @@ export function inProcessRing(cfg: ModelConfig, positions: Int32Array[]): Attent
   }
 
   const kvw = kvHeads * hd;
-  return positions.map((_, rank) => ({
+  return positions.map((_, rank) => onHostArrays({
     forward: (q, k, v) =>
       rendezvous(rank, { q, k, v }, async (all) => {
         const K = concat(

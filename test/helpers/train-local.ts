@@ -1,6 +1,7 @@
 import { rowDelta } from '../../src/kernels/merge.js';
 import { referenceKernel } from '../../src/kernels/reference.js';
 import type { BlockArgs } from '../../src/kernels/types.js';
+import { onHostArrays } from '../../src/model/host-attention.js';
 import type { AttentionOp } from '../../src/model/types.js';
 import type { TrainRing } from '../../src/train/loop.js';
 
@@ -98,7 +99,7 @@ export function localRings(worldSize: number, dims: LocalDims, causal = true): T
       },
       attention(positions): AttentionOp {
         const n = positions.length;
-        return {
+        return onHostArrays({
           async forward(q, k, v) {
             const all = concat(await fwd.gather(rank, { k, v, pos: positions }));
             return referenceKernel.forward(args(q, positions, all));
@@ -126,7 +127,7 @@ export function localRings(worldSize: number, dims: LocalDims, causal = true): T
             }
             return { dq: acc.dq, dk, dv };
           },
-        };
+        });
       },
       timings: () => ({ computeMs: 0, commMs: 0, waitMs: 0 }),
     });
