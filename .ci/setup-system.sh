@@ -50,3 +50,30 @@ apt_install iproute2:ip openssh-server:sshd openssh-client:ssh openssh-client:ss
 mkdir -p /run/sshd
 chmod 0755 /run/sshd
 # --- end netns and ssh tests --------------------------------------------------
+
+# --- webgpu tests (test/webgpu-*.test.ts, the webgpu CLI runs) ----------------
+# A software Vulkan driver for Dawn: bookworm's Mesa 22 lavapipe lacks what Dawn
+# requires (shaderUniform*ArrayDynamicIndexing); 25.0.x from bookworm-backports
+# works. The backports suite is added from the mirror already configured.
+mesa_version=$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null || true)
+case "$mesa_version" in
+  2[5-9].*|[3-9][0-9].*) ;;
+  *)
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+      mirror=$(grep -rhs '^URIs:.*debian/*$' /etc/apt/sources.list.d/ | head -n1 | awk '{print $2}')
+      [ -n "$mirror" ] || mirror=$(grep -hs '^deb .*debian' /etc/apt/sources.list | grep -v security | head -n1 | awk '{print $2}')
+      [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+      printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' "$mirror" \
+        >/etc/apt/sources.list.d/ringattn-backports.sources
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    log=$(mktemp)
+    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends -t bookworm-backports mesa-vulkan-drivers libvulkan1; } >"$log" 2>&1; then
+      cat "$log" >&2
+      rm -f "$log"
+      exit 1
+    fi
+    rm -f "$log"
+    ;;
+esac
+# --- end webgpu tests -----------------------------------------------------------

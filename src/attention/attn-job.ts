@@ -1,14 +1,15 @@
 import { loadTunedKernel } from '../engine/tuning.js';
-import { workerThreads } from '../config/index.js';
+import { slotGpu, workerThreads, type ClusterSpec } from '../config/index.js';
+import { loadEngine, type Engine } from '../engine/index.js';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../errors.js';
 import type { JobDefinition } from '../launch/job.js';
 import { readNpyAs, writeNpy } from '../tensor/npy.js';
-import { selectBackend, type BackendWant } from '../tensor/backend.js';
+import { selectBackend, tfjsWant } from '../tensor/backend.js';
 import { checkLayout, defaultLayout, gatherShard, LAYOUTS, scatterShard, shardPositions, type Layout } from './layout.js';
-import { ringAttentionBackward, ringAttentionForward } from './ring-attention.js';
+import { ringAttentionBackward, ringAttentionForward, ringAttentionOp, type RingConfig } from './ring-attention.js';
 
 /**
  * `ringattn attn`: ring attention on user arrays (.npy, [seq, heads, dim]), so
@@ -84,6 +85,43 @@ interface ShardMeta extends AttnShape {
   hasSegments: boolean;
 }
 
+/**
+ * The engine to run on when attention belongs on a device: backend webgpu, or
+ * backend auto with a hardware WebGPU adapter present. null: host arrays and a kernel.
+ */
+async function deviceEngine(spec: ClusterSpec, rank: number): Promise<Engine | null> {
+  if (spec.backend !== 'webgpu') {
+    if (spec.backend !== 'auto' || spec.engine !== 'auto') return null;
+    const { listAdapters, webgpuUnavailable } = await import('../engine/webgpu/device.js');
+    if (webgpuUnavailable() || !(await listAdapters()).some((a) => !a.software)) return null;
+  }
+  const { engine } = await loadEngine('auto', { threads: workerThreads(spec, rank), backend: spec.backend, gpu: slotGpu(spec, rank) });
+  return engine.attention ? engine : null;
+}
+
+/** Ring attention with the shard's arrays uploaded to the engine; o, lse (and dq, dk, dv) read back. */
+async function onEngine(
+  engine: Engine,
+  cfg: RingConfig,
+  a: { q: Float32Array; k: Float32Array; v: Float32Array; dout?: Float32Array },
+): Promise<Float32Array[]> {
+  const put = (x: Float32Array) => {
+    const t = engine.floats(x.length);
+    engine.write(t, x);
+    return t;
+  };
+  const t = { q: put(a.q), k: put(a.k), v: put(a.v), o: engine.floats(a.q.length), lse: engine.floats(a.q.length / cfg.headDim) };
+  const op = ringAttentionOp(cfg);
+  await op.forward(engine, t);
+  const out = [Float32Array.from(await engine.read(t.o)), Float32Array.from(await engine.read(t.lse))];
+  if (a.dout) {
+    const g = { dq: engine.floats(a.q.length), dk: engine.floats(a.k.length), dv: engine.floats(a.v.length) };
+    await op.backward(engine, t, put(a.dout), g);
+    for (const x of [g.dq, g.dk, g.dv]) out.push(Float32Array.from(await engine.read(x)));
+  }
+  return out;
+}
+
 export const attnJob: JobDefinition = {
   kind: 'attn',
   async worker(ctx) {
@@ -92,11 +130,8 @@ export const attnJob: JobDefinition = {
     const [q, k, v, ...rest] = blobs as Float32Array[];
     const dout = m.hasDout ? rest.shift() : undefined;
     const segments = m.hasSegments ? (rest.shift() as unknown as Int32Array) : undefined;
-    await selectBackend(ctx.spec.backend as BackendWant);
-    const { kernel } = await loadTunedKernel(ctx.spec, { heads: m.heads, kvHeads: m.kvHeads, headDim: m.headDim, threads: workerThreads(ctx.spec, ctx.rank) });
-    const cfg = {
+    const base = {
       ring: ctx.ring,
-      kernel,
       causal: m.causal,
       heads: m.heads,
       kvHeads: m.kvHeads,
@@ -106,13 +141,25 @@ export const attnJob: JobDefinition = {
       positionsOf: (r: number) => shardPositions(m.layout, m.seqLen, ctx.worldSize, r),
       segments,
     };
-    const fwd = await ringAttentionForward(cfg, q, k, v);
-    const out = [fwd.o, fwd.lse];
-    if (dout) {
-      const g = await ringAttentionBackward(cfg, { q, k, v, o: fwd.o, lse: fwd.lse }, dout);
-      out.push(g.dq, g.dk, g.dv);
+    const engine = await deviceEngine(ctx.spec, ctx.rank);
+    let out: Float32Array[];
+    let kernelName: string;
+    if (engine) {
+      out = await onEngine(engine, base, { q, k, v, dout });
+      kernelName = engine.name;
+    } else {
+      await selectBackend(tfjsWant(ctx.spec.backend));
+      const { kernel } = await loadTunedKernel(ctx.spec, { heads: m.heads, kvHeads: m.kvHeads, headDim: m.headDim, threads: workerThreads(ctx.spec, ctx.rank) });
+      const cfg = { ...base, kernel };
+      const fwd = await ringAttentionForward(cfg, q, k, v);
+      out = [fwd.o, fwd.lse];
+      if (dout) {
+        const g = await ringAttentionBackward(cfg, { q, k, v, o: fwd.o, lse: fwd.lse }, dout);
+        out.push(g.dq, g.dk, g.dv);
+      }
+      kernelName = kernel.name;
     }
-    ctx.log.info({ kernel: kernel.name }, `rank ${ctx.rank}: ${q.length / (m.heads * m.headDim)} query rows done`);
+    ctx.log.info({ kernel: kernelName }, `rank ${ctx.rank}: ${q.length / (m.heads * m.headDim)} query rows done`);
     await ctx.result('out', null, out);
   },
   async driver(ctx) {

@@ -12,7 +12,7 @@ import { formatSweep, parseSweep, sweepRow, writeSweep, type SweepRow } from '..
 import { formatSize, parseSize, resolvedLaunch, specFromObject, workerThreads, worldSize, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
 import { runJob } from '../launch/launcher.js';
-import { selectBackend } from '../tensor/backend.js';
+import { selectBackend, tfjsWant } from '../tensor/backend.js';
 import { intFlag, resolveSpec, SET_OPTION, WIRE_OPTION } from './common.js';
 
 interface BenchOptions {
@@ -103,7 +103,7 @@ function precheck(spec: ClusterSpec, p: BenchParams): HostFit[] {
 async function calibrateHere(spec: ClusterSpec, p: BenchParams, shardLen: number): Promise<{ kernel: string; calibration: Calibration }> {
   const loaded = await loadTunedKernel(spec, { heads: p.heads, kvHeads: p.kvHeads, headDim: p.headDim, threads: workerThreads(spec, 0) });
   const { tileQ, tileKV } = loaded.tiles;
-  if (loaded.kernel.name === 'tfjs') await selectBackend(spec.backend);
+  if (loaded.kernel.name === 'tfjs') await selectBackend(tfjsWant(spec.backend));
   const calibration = await calibrateKernel(loaded.kernel, p, { shardLen, tileQ, tileKV, backward: p.backward, targetMs: 60 });
   return { kernel: loaded.kernel.name, calibration };
 }
@@ -181,7 +181,7 @@ export function benchCommand(): Command {
     .option('--workers <n>', 'ring of N local workers (instead of --config)')
     .option(...SET_OPTION)
     .option(...WIRE_OPTION)
-    .option('--backend <name>', 'tfjs backend: auto, tensorflow-gpu, tensorflow, wasm, cpu (overrides the spec)')
+    .option('--backend <name>', 'where compute runs: auto, webgpu, tensorflow-gpu, tensorflow, wasm, cpu (overrides the spec)')
     .option('--kernel <name>', 'attention kernel: auto, native, tfjs, reference (overrides the spec)')
     .option('--heads <n>', `query heads (default: bench.heads, ${BENCH_SHAPE_DEFAULTS.heads} for the default spec)`)
     .option('--kv-heads <n>', `key/value heads, dividing --heads (default: bench.kvHeads, ${BENCH_SHAPE_DEFAULTS.kvHeads} for the default spec)`)

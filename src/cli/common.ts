@@ -65,7 +65,7 @@ export function ringOptions(cmd: Command, opts: { workers?: boolean; wire?: bool
   if (opts.wire) cmd.option(...WIRE_OPTION);
   return cmd
     .option(...SET_OPTION)
-    .option('--backend <name>', 'tfjs backend: auto, tensorflow-gpu, tensorflow, wasm, cpu (overrides the spec)')
+    .option('--backend <name>', 'where compute runs: auto, webgpu, tensorflow-gpu, tensorflow, wasm, cpu (overrides the spec)')
     .option('--kernel <name>', 'attention kernel: auto, native, tfjs, reference (overrides the spec)');
 }
 

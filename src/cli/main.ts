@@ -5,6 +5,7 @@ import { LAYOUTS, type Layout } from '../attention/layout.js';
 import { specFromObject, worldSize, type ClusterSpec } from '../config/index.js';
 import type { DoctorReport } from '../launch/doctor-job.js';
 import { runJob, runJobWithRestarts } from '../launch/launcher.js';
+import type { ComputeBackend } from '../engine/index.js';
 import { writeMachineFile } from '../plan/presets.js';
 import { intFlag, resolveSpec, ringOptions, SET_OPTION, withSetting } from './common.js';
 import { benchCommand } from './bench.js';
@@ -67,6 +68,18 @@ function formatDoctor(r: DoctorReport, spec: ClusterSpec): string {
     lines.push(`rank ${x.rank} (${x.host}): node ${x.node}, ring endpoint ${x.endpoint} bound, ${x.memoryGB.toFixed(1)} GiB memory`);
     for (const b of x.backends) lines.push(`  backend ${b.name.padEnd(14)} ${b.available ? (b.gpu ? 'usable (GPU)' : 'usable') : `unavailable: ${b.reason ?? ''}`}`);
     lines.push(`  attention kernel ${x.kernel}: ${x.kernelGflops.toFixed(1)} GFLOP/s forward (${x.kernelReason})`);
+    if (x.webgpu.unavailable) lines.push(`  webgpu unavailable: ${x.webgpu.unavailable}`);
+    else if (x.webgpu.adapters.length === 0) lines.push('  webgpu: no adapter (no Vulkan driver; see docs/launch.md)');
+    for (const a of x.webgpu.adapters) {
+      const kind = a.software ? 'software: correctness only' : 'hardware';
+      const rates = a.error
+        ? `not measured: ${a.error}`
+        : a.matmulGflops !== undefined
+          ? `matmul ${a.matmulGflops.toFixed(1)} GFLOP/s, attention ${a.attentionGflops!.toFixed(1)} GFLOP/s forward, ` +
+            `max buffer ${((a.limits?.maxBufferSize ?? 0) / 2 ** 20).toFixed(0)} MiB, binding ${((a.limits?.maxStorageBufferBindingSize ?? 0) / 2 ** 20).toFixed(0)} MiB, workgroup memory ${((a.limits?.maxComputeWorkgroupStorageSize ?? 0) / 1024).toFixed(0)} KiB`
+          : 'measured by the first rank of this host';
+      lines.push(`  webgpu adapter ${a.index}: ${a.name} (${a.backend}, ${kind}): ${rates}`);
+    }
     const t = x.tuning;
     lines.push(
       t.error
@@ -117,7 +130,8 @@ function generateCommand(): Command {
     .option('--temperature <t>', 'sampling temperature (0 = greedy)', '0.8')
     .option('--top-k <k>', 'sample among the k most likely tokens')
     .option('--seed <n>', 'sampling seed', '0')
-    .action(async (opts: { checkpoint: string; prompt: string; tokens: string; temperature: string; topK?: string; seed: string }) => {
+    .option('--backend <name>', 'where compute runs: auto, webgpu, tensorflow-gpu, tensorflow, wasm, cpu')
+    .action(async (opts: { checkpoint: string; prompt: string; tokens: string; temperature: string; topK?: string; seed: string; backend?: string }) => {
       const { resolveCheckpoint } = await import('../train/checkpoint.js');
       const { generate } = await import('../model/index.js');
       const { loadEngine } = await import('../engine/index.js');
@@ -126,8 +140,9 @@ function generateCommand(): Command {
       const ckpt = resolveCheckpoint(opts.checkpoint);
       const spec = ckpt.spec as ClusterSpec;
       const threads = hostThreads(1);
-      const { engine } = await loadEngine('auto', { threads });
-      const { kernel } = await loadTunedKernel({ ...spec, kernel: 'auto' }, { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads });
+      const { engine } = await loadEngine('auto', { threads, backend: (opts.backend ?? 'auto') as ComputeBackend });
+      // An engine with its own attention (webgpu) needs no host kernel.
+      const { kernel } = engine.attention ? { kernel: undefined } : await loadTunedKernel({ ...spec, kernel: 'auto' }, { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads });
       const temperature = Number(opts.temperature);
       if (!(temperature >= 0)) throw new UserError(`--temperature: expected a number >= 0, got "${opts.temperature}"`);
       const prompt = Buffer.from(opts.prompt || '\n', 'utf8');

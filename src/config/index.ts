@@ -4,6 +4,7 @@ export {
   isHostOrIp,
   isLoopback,
   rankTable,
+  slotGpu,
   resolvedLaunch,
   resolvedSecurity,
   resolvedTransport,

@@ -98,9 +98,11 @@ const HostSchema = z
       .optional()
       .describe('Linux network namespace (`ip netns`) the workers of this local host run in; needs root. For testing multi-host rings on one machine.'),
     gpus: z
-      .array(z.int().min(0))
+      .array(z.union([z.int().min(0), z.string().min(1)]))
       .optional()
-      .describe('Device index per slot, exported as CUDA_VISIBLE_DEVICES; one entry per slot. Default: the slot index.'),
+      .describe(
+        "The GPU of each slot, one entry per slot: an index (exported as CUDA_VISIBLE_DEVICES; for backend webgpu, the adapter's index in Dawn's list, as `ringattn doctor` prints it) or, for webgpu, (part of) an adapter's name. Default: slot i takes the host's i-th GPU.",
+      ),
   })
   .describe('A machine that runs `slots` workers.');
 
@@ -283,9 +285,11 @@ export const ClusterSpecSchema = z
     name: name('name').default('ringattn').describe('Name of the spec, shown in logs and run directory names.'),
     runDir: z.string().min(1).default('runs').describe('Base folder for run directories (relative to the working directory).'),
     backend: z
-      .enum(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'])
+      .enum(['auto', 'webgpu', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'])
       .default('auto')
-      .describe('tfjs backend. `auto`: the first that loads of tensorflow-gpu, tensorflow, wasm, cpu.'),
+      .describe(
+        'Where the compute runs. `webgpu`: the webgpu engine on the slot\'s GPU (a software adapter too; never the CPU instead). The others are tfjs backends for the tfjs engine and kernel. `auto`: webgpu on a hardware adapter, else tfjs on tensorflow-gpu, else the native CPU engine (tfjs pieces on the first of tensorflow, wasm, cpu that loads).',
+      ),
     kernel: z
       .enum(['auto', 'native', 'tfjs', 'reference'])
       .default('auto')
@@ -436,7 +440,8 @@ export interface RankEntry {
   /** Port the worker binds: basePort + 1 + rank. */
   port: number;
   /** Device index for CUDA_VISIBLE_DEVICES. */
-  gpu: number;
+  /** The slot's `gpus` entry, else its index on the host. */
+  gpu: number | string;
 }
 
 /** Every rank of the ring, assigned host by host in file order. */
@@ -457,6 +462,13 @@ export function rankTable(spec: Pick<ClusterSpec, 'hosts' | 'ring'>): RankEntry[
     }
   }
   return out;
+}
+
+/** The adapter a rank's slot asks for: its host's `gpus` entry, and its index on the host. */
+export function slotGpu(spec: Pick<ClusterSpec, 'hosts' | 'ring'>, rank: number): { want: number | string | undefined; slot: number } {
+  const e = rankTable(spec)[rank];
+  const host = spec.hosts.find((h) => h.name === e.host);
+  return { want: host?.gpus?.[e.localRank], slot: e.localRank };
 }
 
 /** The JSON Schema of what may be written in a spec file (defaults are optional there). */

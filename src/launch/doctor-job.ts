@@ -1,11 +1,12 @@
-import { workerThreads, type ClusterSpec } from '../config/index.js';
+import { slotGpu, workerThreads, type ClusterSpec } from '../config/index.js';
 import { totalmem } from 'node:os';
 import { loadKernel, type KernelName } from '../kernels/index.js';
 import { allReduceSum, barrier, ringPass } from '../ring/collectives.js';
 import { randn } from '../tensor/random.js';
 import { tunedGemm, tunedTiles, tuningFilePath } from '../engine/tuning.js';
 import { loadEngine, type EngineName } from '../engine/index.js';
-import { describeBackends, selectBackend, type BackendWant } from '../tensor/backend.js';
+import { describeBackends, selectBackend, tfjsWant } from '../tensor/backend.js';
+import type { AdapterInfo } from '../engine/webgpu/device.js';
 import type { JobDefinition } from './job.js';
 
 /**
@@ -30,8 +31,25 @@ export interface DoctorRankReport {
    * the fixed overhead `plan` adds to what a training run allocates.
    */
   runtimeBytes: number;
+  /** WebGPU adapters seen by this worker; the first rank of a host also measures each one. */
+  webgpu: WebgpuReport;
   /** Block sizes measured for this host (the first rank on each host measures; the others read them). */
   tuning: { tiles?: { tileQ: number; tileKV: number }; gemm?: { mc: number; kc: number; nc: number }; file: string; error?: string };
+}
+
+export interface AdapterReport extends AdapterInfo {
+  limits?: Record<string, number>;
+  /** A square fp32 matmul on the webgpu engine, and attention forward (no mask) on it. */
+  matmulGflops?: number;
+  attentionGflops?: number;
+  /** Why the adapter was listed but not measured. */
+  error?: string;
+}
+
+export interface WebgpuReport {
+  /** Why WebGPU cannot run in this worker at all. */
+  unavailable?: string;
+  adapters: AdapterReport[];
 }
 
 export interface HopFigure {
@@ -74,13 +92,68 @@ async function kernelRate(kernelName: KernelName, threads: number): Promise<{ na
  * rate allocate buffers the native addon keeps, which a train worker has not
  * allocated at that point either.
  */
-async function runtimeRss(spec: ClusterSpec, threads: number): Promise<number> {
-  const { engine } = await loadEngine(spec.engine as EngineName, { threads, backend: spec.backend as BackendWant });
-  if (spec.kernel === 'tfjs' || engine.name === 'tfjs') await selectBackend(spec.backend as BackendWant);
+async function runtimeRss(spec: ClusterSpec, rank: number, threads: number): Promise<number> {
+  const { engine } = await loadEngine(spec.engine as EngineName, { threads, backend: spec.backend, gpu: slotGpu(spec, rank) });
+  if (spec.kernel === 'tfjs' || engine.name === 'tfjs') await selectBackend(tfjsWant(spec.backend));
   await loadKernel(spec.kernel as KernelName, { tileQ: 128, tileKV: 128, threads });
   const rss = process.memoryUsage().rss;
   engine.dispose();
   return rss;
+}
+
+/** Best-of-a-second rate of `run`, which does `flops` of work per call. */
+async function rate(flops: number, run: () => Promise<void>): Promise<number> {
+  await run();
+  const t0 = performance.now();
+  let reps = 0;
+  while (performance.now() - t0 < 500 || reps < 2) {
+    await run();
+    reps++;
+  }
+  return (flops * reps) / ((performance.now() - t0) / 1000) / 1e9;
+}
+
+/** Dawn's adapters; with `measure`, each one opened and timed on a matmul and on attention (small sizes on a software adapter). */
+async function webgpuReport(measure: boolean): Promise<WebgpuReport> {
+  const { listAdapters, openGpu, webgpuUnavailable } = await import('../engine/webgpu/device.js');
+  const unavailable = webgpuUnavailable();
+  if (unavailable) return { unavailable, adapters: [] };
+  const adapters: AdapterReport[] = await listAdapters();
+  if (!measure) return { adapters };
+  const { createWebGPUEngine } = await import('../engine/webgpu/engine.js');
+  for (const a of adapters) {
+    try {
+      const gpu = await openGpu(a.index, { allowSoftware: true, what: `doctor, adapter ${a.index}` });
+      a.limits = gpu.limits;
+      const engine = createWebGPUEngine(gpu);
+      const m = a.software ? 256 : 2048;
+      const [x, y, z] = [0, 1, 2].map(() => engine.floats(m * m));
+      engine.write(x, randn(m * m, 1));
+      engine.write(y, randn(m * m, 2));
+      a.matmulGflops = await rate(2 * m * m * m, async () => {
+        engine.matmul({ m, n: m, k: m }, z, x, y);
+        await engine.flush();
+      });
+      const [n, heads, d] = a.software ? [256, 2, 64] : [4096, 8, 64];
+      const s = { heads, kvHeads: heads, headDim: d, qLen: n, kvLen: n, causal: false, scale: 1 / Math.sqrt(d) };
+      const [q, k, v, o] = [0, 1, 2, 3].map(() => engine.floats(n * heads * d));
+      const lse = engine.floats(heads * n);
+      const pos = engine.ints(n);
+      engine.writeInts(pos, Int32Array.from({ length: n }, (_, i) => i));
+      for (const [i, t] of [q, k, v].entries()) engine.write(t, randn(n * heads * d, 3 + i));
+      const mask = { qPos: pos, kvPos: pos, qSeg: null, kvSeg: null };
+      a.attentionGflops = await rate(4 * n * n * d * heads, async () => {
+        engine.attention!.reset(s, o, lse);
+        engine.attention!.forward(s, mask, q, k, v, o, lse);
+        await engine.flush();
+      });
+      engine.dispose();
+      gpu.close();
+    } catch (e) {
+      a.error = (e as Error).message.split('\n')[0];
+    }
+  }
+  return { adapters };
 }
 
 export const doctorJob: JobDefinition = {
@@ -88,7 +161,7 @@ export const doctorJob: JobDefinition = {
   async worker(ctx) {
     const { ring, spec } = ctx;
     const threads = workerThreads(spec, ctx.rank);
-    const runtimeBytes = await runtimeRss(spec, threads);
+    const runtimeBytes = await runtimeRss(spec, ctx.rank, threads);
     // The first rank of each host measures the block sizes afresh, alone on the host; the others then read them.
     const measuresHere = ctx.peers.find((p) => p.host === ctx.host)?.rank === ctx.rank;
     const dims = { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads };
@@ -105,6 +178,7 @@ export const doctorJob: JobDefinition = {
     await barrier(ring);
     if (!measuresHere) await tune(false);
     const backends = await describeBackends();
+    const webgpu = await webgpuReport(measuresHere);
     const k = await kernelRate(spec.kernel as KernelName, threads);
     const report: DoctorRankReport = {
       rank: ctx.rank,
@@ -117,6 +191,7 @@ export const doctorJob: JobDefinition = {
       kernelGflops: k.gflops,
       memoryGB: totalmem() / 2 ** 30,
       runtimeBytes,
+      webgpu,
       tuning,
     };
     await ctx.result('report', report);

@@ -110,9 +110,13 @@ function workerEnv(spec: ClusterSpec, e: RankEntry, host: HostSpec, world: numbe
     LOCAL_WORLD_SIZE: String(localWorld),
     MASTER_ADDR: new URL(coordinator.replace('tcp://', 'http://')).hostname,
     MASTER_PORT: String(spec.ring.basePort),
-    CUDA_VISIBLE_DEVICES: String(e.gpu),
+    // A GPU named (webgpu) rather than numbered leaves CUDA's view alone.
+    ...(typeof e.gpu === 'number' ? { CUDA_VISIBLE_DEVICES: String(e.gpu) } : {}),
   };
 }
+
+/** Dawn's notice that a software Vulkan driver's limits were lowered: harmless, kept in the rank's log only. */
+const DAWN_NOTICE = /^Warning: maxDynamic\w+ artificially reduced /;
 
 function spawnRank(spec: ClusterSpec, e: RankEntry, host: HostSpec, env: Record<string, string>): ChildProcess {
   const launch = resolvedLaunch(host);
@@ -240,7 +244,7 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
         file.write(`${line}\n`);
         proc.lastLines.push(line);
         if (proc.lastLines.length > 8) proc.lastLines.shift();
-        if (show) print(formatLogLine(line, prefix));
+        if (show && !DAWN_NOTICE.test(line)) print(formatLogLine(line, prefix));
       });
     }
     child.on('error', (err) => noteFailure({ rank: e.rank, host: e.host, message: `could not be started: ${err.message}`, died: true }));

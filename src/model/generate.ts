@@ -1,6 +1,6 @@
 import { ringAttentionOp } from '../attention/ring-attention.js';
 import { referenceKernel } from '../kernels/reference.js';
-import type { AttentionKernel, BlockArgs } from '../kernels/types.js';
+import type { AttentionKernel } from '../kernels/types.js';
 import { Rng } from '../tensor/random.js';
 import { headDimOf } from './params.js';
 import type { Engine } from '../engine/types.js';

@@ -13,6 +13,11 @@ export type BackendWant = 'auto' | BackendName;
 export const BACKEND_NAMES: readonly BackendName[] = ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'];
 export const BACKEND_WANTS: readonly BackendWant[] = ['auto', ...BACKEND_NAMES];
 
+/** The tfjs backend for a spec's `backend`: webgpu is no tfjs backend, so the tfjs pieces take auto there. */
+export function tfjsWant(backend: BackendWant | 'webgpu'): BackendWant {
+  return backend === 'webgpu' ? 'auto' : backend;
+}
+
 export interface BackendSkip {
   name: BackendName;
   reason: string;

@@ -1,19 +1,19 @@
 import { loadTunedKernel } from '../engine/tuning.js';
 import { shardPositions } from '../attention/layout.js';
 import { newRingStepStats, ringAttentionOp } from '../attention/ring-attention.js';
-import { workerThreads, type ClusterSpec } from '../config/index.js';
-import { loadEngine, type EngineName } from '../engine/index.js';
+import { slotGpu, workerThreads, type ClusterSpec } from '../config/index.js';
+import { loadEngine, type Engine, type EngineName } from '../engine/index.js';
 import type { AttentionKernel } from '../kernels/types.js';
 import type { Ring } from '../ring/transport.js';
 import type { JobDefinition } from '../launch/job.js';
 import { allReduceSum } from '../ring/collectives.js';
-import { selectBackend, type BackendWant } from '../tensor/backend.js';
+import { selectBackend, tfjsWant } from '../tensor/backend.js';
 import { resolveLayout, train, type TrainResult, type TrainRing } from './loop.js';
 import type { StepMetrics } from './metrics.js';
 import { Progress } from './progress.js';
 
 /** What the training loop needs from the ring: the gradient all-reduce and ring attention for this rank's shard. */
-export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKernel): TrainRing {
+export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKernel | null): TrainRing {
   const layout = resolveLayout(spec.attention);
   const stats = newRingStepStats();
   let commMs = 0;
@@ -30,7 +30,7 @@ export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKern
     attention: (positions, seqLen) =>
       ringAttentionOp({
         ring: spec.attention.scope === 'local' ? null : ring,
-        kernel,
+        kernel: kernel ?? undefined,
         causal: spec.attention.causal,
         heads: spec.model.heads,
         kvHeads: spec.model.kvHeads,
@@ -44,11 +44,21 @@ export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKern
   };
 }
 
+export interface WorkerCompute {
+  engine: Engine;
+  engineReason: string;
+  /** The host kernel ring attention calls; null when the engine has its own attention. */
+  kernel: AttentionKernel | null;
+  kernelReason: string;
+  threads: number;
+}
+
 /** What a worker computes with: the spec's engine and tuned attention kernel, on its share of the host's threads. */
-export async function workerCompute(spec: ClusterSpec, rank: number) {
+export async function workerCompute(spec: ClusterSpec, rank: number): Promise<WorkerCompute> {
   const threads = workerThreads(spec, rank);
-  const { engine, reason: engineReason } = await loadEngine(spec.engine as EngineName, { threads, backend: spec.backend as BackendWant });
-  if (spec.kernel === 'tfjs' || engine.name === 'tfjs') await selectBackend(spec.backend as BackendWant);
+  const { engine, reason: engineReason } = await loadEngine(spec.engine as EngineName, { threads, backend: spec.backend, gpu: slotGpu(spec, rank) });
+  if (engine.attention) return { engine, engineReason, kernel: null, kernelReason: `on the ${engine.name} engine`, threads };
+  if (spec.kernel === 'tfjs' || engine.name === 'tfjs') await selectBackend(tfjsWant(spec.backend));
   const { kernel, reason } = await loadTunedKernel(spec, { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads });
   return { engine, engineReason, kernel, kernelReason: reason, threads };
 }
@@ -62,7 +72,8 @@ export const trainJob: JobDefinition = {
   async worker(ctx) {
     const { spec, ring } = ctx;
     const { engine, engineReason, kernel, kernelReason, threads } = await workerCompute(spec, ctx.rank);
-    ctx.log.info({ engine: engine.name, kernel: kernel.name, threads }, `compute: engine ${engineReason}; attention kernel ${kernel.name} (${kernelReason})`);
+    const attention = kernel ? `attention kernel ${kernel.name} (${kernelReason})` : `attention ${kernelReason}`;
+    ctx.log.info({ engine: engine.name, kernel: kernel?.name ?? engine.name, threads }, `compute: engine ${engineReason}; ${attention}`);
     const result = await train(trainRingOn(ring, spec, kernel), spec, {
       engine,
       runDir: ctx.runDir,

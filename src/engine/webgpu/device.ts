@@ -28,7 +28,7 @@ export interface OpenedGpu {
   close(): void;
 }
 
-/** Where the adapter comes from: an index in Dawn's list or a name; absent = Dawn's first (high-performance) one. */
+/** Which adapter: an index in Dawn's list or (part of) a name; absent = the slot's share of the hardware adapters. */
 export type AdapterWant = number | string | undefined;
 
 type Dawn = { create(options: string[]): GPU; globals: Record<string, unknown> };
@@ -111,7 +111,7 @@ const LIMITS = [
  * looked for and how to get a driver when there is none: asking for webgpu
  * never falls back to the CPU.
  */
-export async function openGpu(want: AdapterWant, opts: { allowSoftware: boolean; what?: string }): Promise<OpenedGpu> {
+export async function openGpu(want: AdapterWant, opts: { allowSoftware: boolean; what?: string; slot?: number }): Promise<OpenedGpu> {
   const d = loadDawn();
   const what = opts.what ?? 'backend webgpu';
   if (!d) throw new UserError(`${what}: ${dawnMissing}`);
@@ -122,7 +122,12 @@ export async function openGpu(want: AdapterWant, opts: { allowSoftware: boolean;
   let pick: AdapterInfo | undefined;
   if (typeof want === 'number') pick = adapters[want];
   else if (typeof want === 'string') pick = adapters.find((a) => a.name === want) ?? adapters.find((a) => a.name.toLowerCase().includes(want.toLowerCase()));
-  else pick = adapters.find((a) => !a.software) ?? adapters[0];
+  else {
+    // One worker per GPU: slot i of a host takes the i-th hardware adapter (round robin when there are fewer).
+    const hardware = adapters.filter((a) => !a.software);
+    const pool = hardware.length > 0 ? hardware : adapters;
+    pick = pool[(opts.slot ?? 0) % pool.length];
+  }
   if (!pick) throw new UserError(`${what}: ${looked} not found (adapters here: ${listed})`);
   if (pick.software && !opts.allowSoftware) throw new UserError(`${what}: only a software adapter is here (${pick.name}); ${INSTALL_HINT}`);
   let gpu: GPU | null = d.create([`adapter=${pick.name}`]);
