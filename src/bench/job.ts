@@ -16,7 +16,7 @@ import type { BlockArgs, BlockPartial } from '../kernels/types.js';
 import type { DriverContext, JobDefinition, WorkerContext } from '../launch/job.js';
 import { allReduceSum, barrier, ringPass } from '../ring/collectives.js';
 import type { Ring } from '../ring/transport.js';
-import { selectBackend } from '../tensor/backend.js';
+import { selectBackend, tfjsWant } from '../tensor/backend.js';
 import { deriveSeed } from '../tensor/random.js';
 import { calibrateKernel, estimateKernelMs, fillUnitUniform } from './calibrate.js';
 import { MeteredKernel } from './metered-kernel.js';
@@ -116,7 +116,7 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
 
   const loaded = await loadTunedKernel(spec, { heads: H, kvHeads: G, headDim: D, threads: workerThreads(spec, rank) });
   const { tileQ, tileKV } = loaded.tiles;
-  if (loaded.kernel.name === 'tfjs') await selectBackend(spec.backend);
+  if (loaded.kernel.name === 'tfjs') await selectBackend(tfjsWant(spec.backend));
 
   // One array per block, kept: the kernel wrapper recognises a block by its positions array.
   const positions = new Map<number, Int32Array>();

@@ -106,7 +106,15 @@ async function webgpuEngine(opts: EngineOptions, allowSoftware: boolean, why: st
   const { openGpu } = await import('./webgpu/device.js');
   const { createWebGPUEngine } = await import('./webgpu/engine.js');
   const gpu = await openGpu(opts.gpu?.want, { allowSoftware, slot: opts.gpu?.slot, what: `backend ${allowSoftware ? 'webgpu' : 'auto'}` });
-  const engine = createWebGPUEngine(gpu);
+  const opened = createWebGPUEngine(gpu);
+  // The engine owns the device here: it keeps Dawn's instance reachable and closes it on dispose.
+  const engine: Engine = {
+    ...opened,
+    dispose() {
+      opened.dispose();
+      gpu.close();
+    },
+  };
   const kind = gpu.adapter.software ? 'a software adapter: right answers, no speed' : 'hardware';
   return { engine, reason: `${engine.description}, adapter ${gpu.adapter.index} of Dawn's list, ${kind} (${why})` };
 }

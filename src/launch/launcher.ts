@@ -161,6 +161,27 @@ function describeExit(code: number | null, signal: NodeJS.Signals | null): strin
   return signal ? `was killed by ${signal}` : `exited with code ${code}`;
 }
 
+/**
+ * backend webgpu on hosts of this machine: every slot's adapter must exist
+ * before anything starts, so a missing driver or a wrong `gpus` entry is one
+ * line naming the host and slot, and no run directory is left behind. (A
+ * remote host's workers report the same error themselves.)
+ */
+async function checkLocalAdapters(spec: ClusterSpec): Promise<void> {
+  if (spec.backend !== 'webgpu') return;
+  const local = spec.hosts.map((h, i) => ({ h, i })).filter(({ h }) => resolvedLaunch(h) === 'local');
+  if (local.length === 0) return;
+  const { adapterFor, listAdaptersQuietly } = await import('../engine/webgpu/device.js');
+  const adapters = await listAdaptersQuietly();
+  if (!adapters) return;
+  for (const { h, i } of local) {
+    for (let slot = 0; slot < h.slots; slot++) {
+      const pick = adapterFor(adapters, h.gpus?.[slot], slot, true);
+      if (typeof pick === 'string') throw new UserError(`hosts[${i}] (${h.name}) slot ${slot}: backend webgpu: ${pick}`);
+    }
+  }
+}
+
 /** Messages that are consequences of another rank's failure rather than causes. */
 const SECONDARY = /lost the link|lost the coordinator|timed out after|aborted by the launcher|ring closed|ring is closed|see its log/;
 
@@ -169,6 +190,7 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
   const print = opts.print ?? ((line: string) => process.stderr.write(`${line}\n`));
   const runDir = path.resolve(opts.runDir ?? defaultRunDir(spec, job.kind));
   const attempt = opts.attempt ?? 0;
+  await checkLocalAdapters(spec);
   mkdirSync(path.join(runDir, 'logs'), { recursive: true, mode: 0o700 });
   const table = rankTable(spec);
   const world = table.length;

@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { UserError } from '../../errors.js';
 
@@ -24,6 +25,12 @@ export interface OpenedGpu {
   device: GPUDevice;
   adapter: AdapterInfo;
   limits: Record<string, number>;
+  /**
+   * Dawn's instance. It must stay reachable while the device is used: when the
+   * GC collects it, Dawn tears the instance down under the live device (the
+   * process then hangs or aborts). Whoever holds the device holds this object.
+   */
+  readonly instance: GPU;
   /** Releases the device and Dawn's instance (Dawn's threads otherwise keep Node alive). */
   close(): void;
 }
@@ -94,6 +101,44 @@ export async function listAdapters(): Promise<AdapterInfo[]> {
   return out;
 }
 
+/**
+ * listAdapters in a child process: Dawn and the Vulkan loader print their
+ * notices (no driver found, lowered limits) straight to the process's own
+ * output, which a launcher's console should not carry. null when the probe
+ * itself could not run.
+ */
+export function listAdaptersQuietly(timeoutMs = 20000): Promise<AdapterInfo[] | null> {
+  const self = new URL(import.meta.url).href;
+  const code = `import(${JSON.stringify(self)}).then((m) => m.listAdapters()).then((a) => { process.stdout.write('\\nADAPTERS ' + JSON.stringify(a) + '\\n'); process.exit(0); })`;
+  return new Promise((resolve) => {
+    // Under tsx (the tests) this module is TypeScript, which the child reads through tsx too.
+    const loader = self.endsWith('.ts') ? ['--import', 'tsx'] : [];
+    execFile(process.execPath, [...loader, '--input-type=module', '-e', code], { timeout: timeoutMs, maxBuffer: 1 << 20 }, (err, stdout) => {
+      const line = stdout.split('\n').find((l) => l.startsWith('ADAPTERS '));
+      resolve(line && !err ? (JSON.parse(line.slice('ADAPTERS '.length)) as AdapterInfo[]) : null);
+    });
+  });
+}
+
+/** Which of `adapters` a slot would open (the rule of openGpu), or why none; the same words as openGpu's errors. */
+export function adapterFor(adapters: AdapterInfo[], want: AdapterWant, slot: number, allowSoftware: boolean): AdapterInfo | string {
+  const looked = want === undefined ? 'any WebGPU adapter' : typeof want === 'number' ? `WebGPU adapter ${want}` : `the WebGPU adapter named '${want}'`;
+  if (adapters.length === 0) return `no WebGPU adapter found (looked for ${looked}); ${INSTALL_HINT}`;
+  const listed = adapters.map((a) => `${a.index}: ${a.name}`).join('; ');
+  let pick: AdapterInfo | undefined;
+  if (typeof want === 'number') pick = adapters[want];
+  else if (typeof want === 'string') pick = adapters.find((a) => a.name === want) ?? adapters.find((a) => a.name.toLowerCase().includes(want.toLowerCase()));
+  else {
+    // One worker per GPU: slot i of a host takes the i-th hardware adapter (round robin when there are fewer).
+    const hardware = adapters.filter((a) => !a.software);
+    const pool = hardware.length > 0 ? hardware : adapters;
+    pick = pool[slot % pool.length];
+  }
+  if (!pick) return `${looked} not found (adapters here: ${listed})`;
+  if (pick.software && !allowSoftware) return `only a software adapter is here (${pick.name}); ${INSTALL_HINT}`;
+  return pick;
+}
+
 /** Limits worth raising to the adapter's own (the defaults are a phone's). */
 const LIMITS = [
   'maxStorageBufferBindingSize',
@@ -115,34 +160,24 @@ export async function openGpu(want: AdapterWant, opts: { allowSoftware: boolean;
   const d = loadDawn();
   const what = opts.what ?? 'backend webgpu';
   if (!d) throw new UserError(`${what}: ${dawnMissing}`);
-  const adapters = await listAdapters();
-  const looked = want === undefined ? 'any WebGPU adapter' : typeof want === 'number' ? `WebGPU adapter ${want}` : `the WebGPU adapter named '${want}'`;
-  if (adapters.length === 0) throw new UserError(`${what}: no WebGPU adapter found (looked for ${looked}); ${INSTALL_HINT}`);
-  const listed = adapters.map((a) => `${a.index}: ${a.name}`).join('; ');
-  let pick: AdapterInfo | undefined;
-  if (typeof want === 'number') pick = adapters[want];
-  else if (typeof want === 'string') pick = adapters.find((a) => a.name === want) ?? adapters.find((a) => a.name.toLowerCase().includes(want.toLowerCase()));
-  else {
-    // One worker per GPU: slot i of a host takes the i-th hardware adapter (round robin when there are fewer).
-    const hardware = adapters.filter((a) => !a.software);
-    const pool = hardware.length > 0 ? hardware : adapters;
-    pick = pool[(opts.slot ?? 0) % pool.length];
-  }
-  if (!pick) throw new UserError(`${what}: ${looked} not found (adapters here: ${listed})`);
-  if (pick.software && !opts.allowSoftware) throw new UserError(`${what}: only a software adapter is here (${pick.name}); ${INSTALL_HINT}`);
-  let gpu: GPU | null = d.create([`adapter=${pick.name}`]);
-  const adapter = await gpu.requestAdapter({ powerPreference: 'high-performance' });
+  const pick = adapterFor(await listAdapters(), want, opts.slot ?? 0, opts.allowSoftware);
+  if (typeof pick === 'string') throw new UserError(`${what}: ${pick}`);
+  const instance = d.create([`adapter=${pick.name}`]);
+  const adapter = await instance.requestAdapter({ powerPreference: 'high-performance' });
   if (!adapter) throw new UserError(`${what}: Dawn listed ${pick.name} but gave no adapter for it; ${INSTALL_HINT}`);
   const requiredLimits: Record<string, number> = {};
   for (const k of LIMITS) requiredLimits[k] = adapter.limits[k];
   const device = await adapter.requestDevice({ requiredLimits });
+  let closed = false;
   return {
     device,
     adapter: pick,
     limits: requiredLimits,
+    instance,
     close() {
+      if (closed) return;
+      closed = true;
       device.destroy();
-      gpu = null;
     },
   };
 }
