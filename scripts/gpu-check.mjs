@@ -21,6 +21,8 @@ const { values: args } = parseArgs({
     out: { type: 'string', default: 'gpu-check.json' },
     adapter: { type: 'string' },
     'time-limit': { type: 'string', default: '270' },
+    // The 20x target's other side: the same training rate on the native CPU engine (16K tokens only).
+    cpu: { type: 'boolean', default: false },
   },
 });
 const started = performance.now();
@@ -95,6 +97,52 @@ function upload(engine, arrays) {
   return out;
 }
 
+const trainModel = (soft) => (soft ? modelCfg(64, 1, 2) : modelCfg(512, 4, 8));
+function modelCfg(d, layers, heads) {
+  return { vocabSize: 256, dModel: d, layers, heads, kvHeads: heads, ffnHidden: 4 * d, ffnChunk: 4096, norm: 'rms', tiedEmbeddings: true, ropeBase: 10000, initStd: 0.02 };
+}
+function shardOf(n, seed) {
+  const r = rand(n + 1, seed);
+  const toks = Int32Array.from(r, (x) => Math.floor((x + 1) * 128) & 255);
+  return { tokens: toks.subarray(0, n), targets: toks.subarray(1, n + 1), positions: positions(n) };
+}
+
+/** Training tokens/s of one rank holding the whole sequence (a ring of one), `reps` timed steps after one warm-up. */
+async function trainingRate(engine, cfg, n, reps, kernel) {
+  const shard = shardOf(n, 13);
+  const model = createModel(engine, cfg, { maxTokens: n });
+  engine.write(model.params, initParams(cfg, 7).flat);
+  const attn = ringAttentionOp({ ring: null, kernel, causal: true, heads: cfg.heads, kvHeads: cfg.kvHeads, headDim: cfg.dModel / cfg.heads, overlap: false, positionsOf: () => shard.positions });
+  const one = async () => {
+    engine.zero(model.grads);
+    await model.step(shard, attn, 1 / n);
+    await engine.read(slice(model.grads, 0, 1));
+  };
+  await one();
+  const t0 = performance.now();
+  for (let i = 0; i < reps; i++) await one();
+  const s = (performance.now() - t0) / reps / 1000;
+  return { tokens: n, model: cfg, stepS: s, tokensPerSec: n / s };
+}
+
+if (args.cpu) {
+  const missing = nativeEngineUnavailable();
+  if (missing) {
+    say(`gpu:check --cpu: the native engine is unavailable: ${missing}`);
+    process.exit(2);
+  }
+  const threads = os.cpus().length;
+  const engine = createNativeEngine({ threads });
+  const kernel = await loadNativeKernel({ tileQ: 64, tileKV: 64, threads });
+  const row = { ...(await trainingRate(engine, trainModel(false), 16384, 1, kernel)), engine: `native, ${threads} threads` };
+  report.cpuBaseline = row;
+  report.ok = true;
+  say(`native CPU engine, ${threads} threads: 16384 tokens (d 512, 4 layers): ${row.tokensPerSec.toFixed(0)} tokens/s (${(row.stepS * 1e3).toFixed(0)} ms/step)`);
+  report.elapsedS = (performance.now() - started) / 1000;
+  save();
+  process.exit(0);
+}
+
 try {
   report.adapters = await listAdapters();
   const want = args.adapter === undefined ? undefined : /^\d+$/.test(args.adapter) ? Number(args.adapter) : args.adapter;
@@ -143,12 +191,6 @@ try {
   }
 
   // 2. One training step against the native engine.
-  const modelCfg = (d, layers, heads) => ({ vocabSize: 256, dModel: d, layers, heads, kvHeads: heads, ffnHidden: 4 * d, ffnChunk: 4096, norm: 'rms', tiedEmbeddings: true, ropeBase: 10000, initStd: 0.02 });
-  const shardOf = (n, seed) => {
-    const r = rand(n + 1, seed);
-    const toks = Int32Array.from(r, (x) => Math.floor((x + 1) * 128) & 255);
-    return { tokens: toks.subarray(0, n), targets: toks.subarray(1, n + 1), positions: positions(n) };
-  };
   async function stepOn(eng, cfg, shard, kernel) {
     const model = createModel(eng, cfg, { maxTokens: shard.tokens.length });
     eng.write(model.params, initParams(cfg, 7).flat);
@@ -192,32 +234,19 @@ try {
     const flops = 4 * n * n * hd * heads;
     const row = { tokens: n, heads, headDim: hd, causal: false, forwardS: fwdS, backwardS: bwdS, forwardTflops: flops / fwdS / 1e12, backwardTflops: (2.5 * flops) / bwdS / 1e12, software: soft };
     report.attention.push(row);
-    say(`  ${n} tokens, ${heads} heads x ${hd}: forward ${row.forwardTflops.toFixed(2)} TFLOP/s (${(fwdS * 1e3).toFixed(1)} ms), backward ${row.backwardTflops.toFixed(2)} TFLOP/s (${(bwdS * 1e3).toFixed(1)} ms)${soft ? ' [software GPU]' : ''}`);
+    const r = (tflops) => (soft ? `${(tflops * 1e3).toFixed(2)} GFLOP/s` : `${tflops.toFixed(2)} TFLOP/s`);
+    say(`  ${n} tokens, ${heads} heads x ${hd}: forward ${r(row.forwardTflops)} (${(fwdS * 1e3).toFixed(1)} ms), backward ${r(row.backwardTflops)} (${(bwdS * 1e3).toFixed(1)} ms)${soft ? ' [software GPU]' : ''}`);
     save();
   }
 
   // 4. Training tokens/s: one rank holding the whole sequence (a ring of one).
   say('training rate:');
-  const trainCfg = soft ? modelCfg(64, 1, 2) : modelCfg(512, 4, 8);
+  const trainCfg = trainModel(soft);
   for (const n of soft ? [256, 512] : [16384, 65536]) {
     if (performance.now() > deadline) break;
-    const shard = shardOf(n, 13);
-    const model = createModel(engine, trainCfg, { maxTokens: n });
-    engine.write(model.params, initParams(trainCfg, 7).flat);
-    const attn = ringAttentionOp({ ring: null, causal: true, heads: trainCfg.heads, kvHeads: trainCfg.kvHeads, headDim: trainCfg.dModel / trainCfg.heads, overlap: false, positionsOf: () => shard.positions });
-    const one = async () => {
-      engine.zero(model.grads);
-      await model.step(shard, attn, 1 / n);
-      await engine.read(slice(model.grads, 0, 1));
-    };
-    await one();
-    const reps = soft ? 1 : 3;
-    const t0 = performance.now();
-    for (let i = 0; i < reps; i++) await one();
-    const s = (performance.now() - t0) / reps / 1000;
-    const row = { tokens: n, model: trainCfg, stepS: s, tokensPerSec: n / s, software: soft };
+    const row = { ...(await trainingRate(engine, trainCfg, n, soft ? 1 : 3)), software: soft };
     report.training.push(row);
-    say(`  ${n} tokens (d ${trainCfg.dModel}, ${trainCfg.layers} layers): ${(n / s).toFixed(0)} tokens/s (${(s * 1e3).toFixed(0)} ms/step)${soft ? ' [software GPU]' : ''}`);
+    say(`  ${n} tokens (d ${trainCfg.dModel}, ${trainCfg.layers} layers): ${row.tokensPerSec.toFixed(0)} tokens/s (${(row.stepS * 1e3).toFixed(0)} ms/step)${soft ? ' [software GPU]' : ''}`);
     save();
   }
   report.ok = report.checks.every((c) => c.ok);

@@ -427,5 +427,4 @@ describe('webgpu attention', { skip }, () => {
     assert.throws(() => a.reset(ok, r.floats(100), r.floats(8)), /o holds 100 elements, needs 128/);
     r.clear();
   });
-
 });

@@ -248,10 +248,11 @@ export async function ringAttentionBackward(
  * Ring attention on an engine's own memory (engine.attention: webgpu). The
  * same schedule as above; the query block, the running o and lse, dq and every
  * rank's share of dK/dV are computed on the device. What crosses to the host
- * is what the ring carries: the rank's own K, V (read back once per pass,
- * before the first compute is submitted, so the read runs first and the send
- * starts while that compute runs), each received block (uploaded into one of
- * two device slots) and the dK/dV shares. The accumulators travel and add on
+ * is what the ring carries: the rank's own K, V (read back once per pass and
+ * sent before the first compute is submitted: on lavapipe a read queued ahead
+ * of a compute resolved only after that compute had finished, so the send
+ * would wait for it), each received block (uploaded into one of two device
+ * slots) and the dK/dV shares. The accumulators travel and add on
  * the host, in the host loop's order.
  */
 class EngineRing {
@@ -340,8 +341,7 @@ class EngineRing {
     for (let step = 0; step < n; step++) {
       const last = step === n - 1;
       const nextOwner = mod(rank - step - 1, n);
-      let pass = !last && cfg.overlap ? payload.then((p) => startPass(cfg, 'kv', p, nextOwner)) : null;
-      pass?.catch(() => undefined);
+      let pass = !last && cfg.overlap ? startPass(cfg, 'kv', await payload, nextOwner) : null;
       if (cfg.stats) cfg.stats.steps++;
       if (this.skip(kv.owner, kv.seg)) {
         if (cfg.stats) cfg.stats.skippedSteps++;
@@ -354,8 +354,7 @@ class EngineRing {
         });
       }
       if (last) break;
-      pass ??= payload.then((p) => startPass(cfg, 'kv', p, nextOwner));
-      const p = await pass;
+      const p = (pass ??= startPass(cfg, 'kv', await payload, nextOwner));
       const got = this.upload(await waitFor(cfg, 'wait kv', p.received), (step + 1) % 2, cfg.positionsOf(nextOwner).length);
       kv = { owner: nextOwner, k: got.k, v: got.v, seg: got.seg };
       payload = Promise.resolve(got.payload);
@@ -379,8 +378,7 @@ class EngineRing {
     for (let step = 0; step < n; step++) {
       const last = step === n - 1;
       const nextOwner = mod(rank - step - 1, n);
-      let pass = !last && cfg.overlap ? payload.then((p) => startPass(cfg, 'bkv', p, nextOwner)) : null;
-      pass?.catch(() => undefined);
+      const pass = !last && cfg.overlap ? startPass(cfg, 'bkv', await payload, nextOwner) : null;
       const incoming = step > 0 ? ring!.recv('dkv') : null;
       incoming?.catch(() => undefined);
       const kvLen = cfg.positionsOf(kv.owner).length;
@@ -411,8 +409,6 @@ class EngineRing {
         dk = pk;
         dv = pv;
       }
-      // The KV block's pass must be on the wire before the dK/dV that follows it.
-      const started = pass ? await pass : null;
       const sentD = ring!.send(last ? 'dkv-home' : 'dkv', [dk, dv]);
       sentD.catch(() => undefined);
       if (cfg.stats) cfg.stats.bytesSent += dk.byteLength + dv.byteLength;
@@ -424,7 +420,7 @@ class EngineRing {
         await e.flush();
         return;
       }
-      const p = started !== null ? started : startPass(cfg, 'bkv', await payload, nextOwner);
+      const p = pass ?? startPass(cfg, 'bkv', await payload, nextOwner);
       const got = this.upload(await waitFor(cfg, 'wait kv', p.received), (step + 1) % 2, cfg.positionsOf(nextOwner).length);
       kv = { owner: nextOwner, k: got.k, v: got.v, seg: got.seg };
       payload = Promise.resolve(got.payload);

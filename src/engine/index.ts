@@ -75,7 +75,7 @@ export async function loadEngine(name: EngineName, opts: EngineOptions): Promise
     await selectBackend(tfBackend);
     const { createTfjsEngine } = await import('./tfjs.js');
     const engine = createTfjsEngine();
-    return { engine, reason: `${engine.description} (${why})` };
+    return { engine, reason: `${engine.description} (${[...skips, why].join('; ')})` };
   };
   if (name === 'tfjs') return tfjs('requested');
   const missing = nativeEngineUnavailable();

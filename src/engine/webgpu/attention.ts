@@ -107,7 +107,7 @@ const TILES: ReadonlyArray<readonly [number, number]> = [
 
 const ceilDiv = (a: number, b: number): number => Math.ceil(a / b);
 /** Scores a thread holds at once (registers; each is an unrolled copy in the WGSL). */
-const MAX_SCORES = 8;
+const MAX_SCORES = 4;
 
 /**
  * The geometry of a kernel with `rows` resident rows and `streamed` rows a

@@ -7,8 +7,10 @@
  * WGSL conventions for every kernel dispatched here:
  *   @group(0) @binding(0) var<uniform> u: U;          the dispatch's uniforms
  *   @group(0) @binding(1..n) var<storage, read_write>  one per GpuBinding, in order
- * Every storage binding is read_write, so one buffer may be bound twice in a
- * dispatch (engine tensors are slices, and two slices can share a buffer).
+ * Every storage binding is read_write. WebGPU refuses two writable bindings of
+ * one buffer whose ranges overlap, so tensors of one buffer that come within
+ * 256 bytes of each other must be bound once (the engine's ops do this, see
+ * engine.ts); `dispatch` throws, naming the kernel, when they are not.
  * A binding is the 256-byte-aligned window of its buffer that covers the
  * tensor; `U` therefore starts with one u32 per storage binding, in binding
  * order, the tensor's first element inside its window, followed by the
@@ -134,6 +136,15 @@ export function createGpuContext(device: GPUDevice): GpuContext {
     },
     dispatch(d) {
       const windows = d.bindings.map(windowOf);
+      for (let i = 0; i < windows.length; i++) {
+        for (let j = 0; j < i; j++) {
+          if (d.bindings[i].buffer !== d.bindings[j].buffer) continue;
+          const [a, b] = [windows[i], windows[j]];
+          if (a.offset < b.offset + b.size && b.offset < a.offset + a.size) {
+            throw new RangeError(`webgpu: kernel ${d.key}: bindings ${j + 1} and ${i + 1} overlap in one buffer (bind such tensors once)`);
+          }
+        }
+      }
       const words: UniformWord[] = [...windows.map((w) => w.first), ...(d.uniforms ?? [])];
       const data = new ArrayBuffer(Math.max(16, Math.ceil((words.length * 4) / 16) * 16));
       const u32 = new Uint32Array(data);
