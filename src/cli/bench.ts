@@ -112,8 +112,19 @@ function stamp(): string {
   return new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '').replace('T', '-');
 }
 
+/** bench times the host attention kernels; on webgpu it would time the CPU instead, so it says so rather than run. */
+function refuseWebgpu(spec: ClusterSpec): void {
+  if (spec.backend === 'webgpu') {
+    throw new UserError(
+      'bench --backend webgpu: bench measures the host attention kernels and has no webgpu path yet; ' +
+        'the webgpu engine is measured by `npm run gpu:check` (attention TFLOP/s, training tokens/s) and runs `ringattn attn` and `ringattn train`',
+    );
+  }
+}
+
 async function runOne(o: BenchOptions, out: (line: string) => void): Promise<void> {
   const spec = resolveSpec({ config: o.config, workers: o.workers, backend: o.backend, kernel: o.kernel, set: o.set, wire: o.wire });
+  refuseWebgpu(spec);
   const p = resolveParams(spec, o);
   const fits = precheck(spec, p);
   const plan = benchPlan(p);
@@ -135,6 +146,7 @@ async function runSweep(o: BenchOptions, out: (line: string) => void): Promise<v
   } else if (o.seqLen !== undefined || o.seqPerWorker !== undefined) {
     throw new UserError('--sweep seq-len sets the sequence length; drop --seq-len and --seq-per-worker');
   }
+  refuseWebgpu(resolveSpec({ config: o.config, workers: o.workers, backend: o.backend, kernel: o.kernel, set: o.set, wire: o.wire }));
   const specOf = (value: number) => resolveSpec({ config: sweep.variable === 'workers' ? undefined : o.config, workers: sweep.variable === 'workers' ? value : o.workers, backend: o.backend, kernel: o.kernel, set: o.set, wire: o.wire });
   const first = specOf(sweep.values[0]);
   const outDir = path.resolve(o.out ?? path.join(first.runDir, `bench-sweep-${stamp()}`));

@@ -107,7 +107,7 @@ async function webgpuEngine(opts: EngineOptions, allowSoftware: boolean, why: st
   const { createWebGPUEngine } = await import('./webgpu/engine.js');
   const gpu = await openGpu(opts.gpu?.want, { allowSoftware, slot: opts.gpu?.slot, what: `backend ${allowSoftware ? 'webgpu' : 'auto'}` });
   const opened = createWebGPUEngine(gpu);
-  // The engine owns the device here: it keeps Dawn's instance reachable and closes it on dispose.
+  // The engine owns the device here: its dispose closes it.
   const engine: Engine = {
     ...opened,
     dispose() {

@@ -25,11 +25,7 @@ export interface OpenedGpu {
   device: GPUDevice;
   adapter: AdapterInfo;
   limits: Record<string, number>;
-  /**
-   * Dawn's instance. It must stay reachable while the device is used: when the
-   * GC collects it, Dawn tears the instance down under the live device (the
-   * process then hangs or aborts). Whoever holds the device holds this object.
-   */
+  /** Dawn's instance (kept alive by this module: see `instances`). */
   readonly instance: GPU;
   /** Releases the device and Dawn's instance (Dawn's threads otherwise keep Node alive). */
   close(): void;
@@ -43,6 +39,22 @@ type Dawn = { create(options: string[]): GPU; globals: Record<string, unknown> }
 const INSTALL_HINT =
   'install a Vulkan driver (NVIDIA: the proprietary driver with its Vulkan ICD; AMD/Intel: mesa-vulkan-drivers; ' +
   'a software GPU for tests: mesa-vulkan-drivers 25 from bookworm-backports, see docs/launch.md)';
+
+/**
+ * Every Dawn instance this process made, kept for its whole life. Dawn's async
+ * runner goes on polling an instance for as long as it has work in flight
+ * (a mapAsync, an onSubmittedWorkDone), and an instance the GC collected under
+ * it aborts the process ("std::system_error: Invalid argument" from
+ * InstanceBase::ProcessEvents, seen in a core dump), or hangs it. A handful of
+ * instances per process cost nothing; an idle one does not keep Node alive.
+ */
+const instances: GPU[] = [];
+
+function createInstance(d: Dawn, options: string[]): GPU {
+  const gpu = d.create(options);
+  instances.push(gpu);
+  return gpu;
+}
 
 let dawn: Dawn | null | undefined;
 let dawnMissing = '';
@@ -79,13 +91,13 @@ export async function listAdapters(): Promise<AdapterInfo[]> {
   if (!d) return [];
   let names: Array<{ backend: string; name: string }> = [];
   try {
-    await d.create(['adapter=\u0001no-such-adapter\u0001']).requestAdapter();
+    await createInstance(d, ['adapter=\u0001no-such-adapter\u0001']).requestAdapter();
   } catch (e) {
     names = [...(e as Error).message.matchAll(/backend: '([^']*)', name: '([^']*)'/g)].map((m) => ({ backend: m[1], name: m[2] }));
   }
   const out: AdapterInfo[] = [];
   for (const [index, n] of names.entries()) {
-    const gpu = d.create([`adapter=${n.name}`]);
+    const gpu = createInstance(d, [`adapter=${n.name}`]);
     const a = await gpu.requestAdapter();
     const info = a?.info;
     out.push({
@@ -162,7 +174,7 @@ export async function openGpu(want: AdapterWant, opts: { allowSoftware: boolean;
   if (!d) throw new UserError(`${what}: ${dawnMissing}`);
   const pick = adapterFor(await listAdapters(), want, opts.slot ?? 0, opts.allowSoftware);
   if (typeof pick === 'string') throw new UserError(`${what}: ${pick}`);
-  const instance = d.create([`adapter=${pick.name}`]);
+  const instance = createInstance(d, [`adapter=${pick.name}`]);
   const adapter = await instance.requestAdapter({ powerPreference: 'high-performance' });
   if (!adapter) throw new UserError(`${what}: Dawn listed ${pick.name} but gave no adapter for it; ${INSTALL_HINT}`);
   const requiredLimits: Record<string, number> = {};
