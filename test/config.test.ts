@@ -223,7 +223,7 @@ describe('mistakes give file:line:col: path: message', () => {
     ['bad-size.yaml', '5:11: train.seqLen: expected a positive integer or a size like "64K", "8M", "1G" (powers of two), got "8Q"'],
     ['syntax.yaml', '4:1: YAML syntax error: All mapping items must start at the same column'],
     ['missing-name.yaml', '2:5: hosts[0].name: required field is missing'],
-    ['several.yaml', '1:10: backend: expected one of auto, tensorflow-gpu, tensorflow, wasm, cpu, got "gpu" (did you mean "cpu"?) (and 2 more)'],
+    ['several.yaml', '1:10: backend: expected one of auto, webgpu, tensorflow-gpu, tensorflow, wasm, cpu, got "gpu" (did you mean "cpu"?) (and 2 more)'],
   ];
   for (const [name, expected] of cases) {
     test(name, () => {

@@ -11,6 +11,7 @@ import { loadKernel } from '../src/kernels/index.js';
 import type { AttentionKernel } from '../src/kernels/types.js';
 import { createModel, initParams } from '../src/model/index.js';
 import { randn } from '../src/tensor/random.js';
+import { createTfjsEngine } from '../src/engine/tfjs.js';
 import { selectBackend } from '../src/tensor/backend.js';
 import { createDataSource, passkeyAlphabet, type DataSource, type Window, passkeySpan, passkeyWindow, windowRng, PASSKEY_DEFAULTS } from '../src/train/data.js';
 import { depthBuckets } from '../src/train/eval-job.js';
@@ -190,7 +191,16 @@ describe('attention.scope: local', () => {
             const q = randn(n * H * D, 10 + ring.rank);
             const k = randn(n * G * D, 20 + ring.rank);
             const v = randn(n * G * D, 30 + ring.rank);
-            const got = await trainRingOn(ring, spec(scope), kernel).attention(pos, S).forward(q, k, v);
+            // A tfjs engine: host arrays, as the native one.
+            const e = createTfjsEngine();
+            const put = (x: Float32Array) => {
+              const t = e.floats(x.length);
+              e.write(t, x);
+              return t;
+            };
+            const t = { q: put(q), k: put(k), v: put(v), o: e.floats(q.length), lse: e.floats(H * n) };
+            await trainRingOn(ring, spec(scope), kernel).attention(pos, S).forward(e, t);
+            const got = { o: await e.read(t.o) };
             const want = await referenceKernel.forward({ heads: H, kvHeads: G, headDim: D, qLen: n, kvLen: n, q, k, v, qPos: pos, kvPos: pos, causal: true, scale: 1 / Math.sqrt(D) });
             return relErr(got.o, want.o);
           }),

@@ -66,7 +66,7 @@ test('an engine that cannot load: auto falls back with one line saying why; aske
   const env = { RINGATTN_NATIVE_ISA: 'sse9' };
   const auto = await runCli(['train', '--config', CI_SPEC, '--run-dir', path.join(tmp, 'fallback')], { env });
   assert.equal(auto.code, 0, auto.stderr);
-  assert.match(auto.stderr, /\[rank 0 local\] INFO compute: engine tfjs \w+ \(native engine skipped: .*instruction set 'sse9' is not usable/);
+  assert.match(auto.stderr, /\[rank 0 local\] INFO compute: engine tfjs \w+ \((webgpu skipped: [^;]+; )?(tensorflow-gpu skipped: [^;]+; )?native engine skipped: .*instruction set 'sse9' is not usable/);
   const spec = path.join(tmp, 'native.yaml');
   writeFileSync(spec, readFileSync(CI_SPEC, 'utf8').replace(/^model:/m, 'engine: native\nmodel:'));
   const asked = await runCli(['train', '--config', spec, '--run-dir', path.join(tmp, 'asked')], { env });

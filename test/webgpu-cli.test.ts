@@ -83,3 +83,11 @@ test('backend auto passes over a software adapter and says so; --backend webgpu 
   assert.equal(bad.code, 2, bad.stderr);
   assert.match(bad.stderr, /ringattn: hosts\[0\] \(box\) slot 1: backend webgpu: WebGPU adapter 7 not found \(adapters here: 0: /);
 });
+
+test('ringattn doctor --backend webgpu lists the adapter with its limits and measured rates', async (t) => {
+  if (skip) return t.skip(skip);
+  const r = await runCli(['doctor', '--workers', '2', '--backend', 'webgpu'], { timeoutMs: 300000 });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stdout, /webgpu adapter 0: .+ \(vulkan, (software: correctness only|hardware)\): matmul \d+\.\d GFLOP\/s, attention \d+\.\d GFLOP\/s forward, max buffer \d+ MiB, binding \d+ MiB, workgroup memory \d+ KiB/);
+  assert.match(r.stdout, /PASS: the ring of 2 works/);
+});

@@ -56,7 +56,8 @@ export async function loadEngine(name: EngineName, opts: EngineOptions): Promise
       try {
         return await webgpuEngine(opts, false, 'auto: a hardware adapter');
       } catch (e) {
-        skips.push(`webgpu skipped: ${(e as Error).message.replace(/^backend auto: /, '')}`);
+        // The install hint belongs to an explicit webgpu request, not to a log line of auto's.
+        skips.push(`webgpu skipped: ${(e as Error).message.replace(/^backend auto: /, '').replace(/; install a Vulkan driver .*$/, '')}`);
       }
     }
     try {
