@@ -6,7 +6,7 @@ import { loadKernel } from '../src/kernels/index.js';
 import type { AttentionKernel } from '../src/kernels/types.js';
 import { selectBackend } from '../src/tensor/backend.js';
 import type { Ring } from '../src/ring/transport.js';
-import { assertClose, fullAttentionReference, gatherRows, makeProblem, type Problem } from './helpers/attention.js';
+import { assertClose, fullAttentionReference, gatherRows, makeProblem, wholeSequence, type Problem } from './helpers/attention.js';
 import { closeAll, openLocalRing } from './helpers/ring.js';
 
 const RING_SIZES = [1, 2, 3, 4, 8];
@@ -35,11 +35,7 @@ async function runRing(kernel: AttentionKernel, n: number, layout: Layout, causa
   const { heads, kvHeads, headDim: D } = p;
   const members = n === 1 ? [null] : rings.get(n)!;
   const positionsOf = (r: number) => shardPositions(layout, SEQ, n, r);
-  const o = new Float32Array(SEQ * heads * D);
-  const lse = new Float32Array(heads * SEQ);
-  const dq = new Float32Array(SEQ * heads * D);
-  const dk = new Float32Array(SEQ * kvHeads * D);
-  const dv = new Float32Array(SEQ * kvHeads * D);
+  const { all, place } = wholeSequence(SEQ, heads, kvHeads, D);
   await Promise.all(
     members.map(async (ring, r) => {
       const pos = positionsOf(r);
@@ -53,17 +49,11 @@ async function runRing(kernel: AttentionKernel, n: number, layout: Layout, causa
       const v = gatherRows(p.v, pos, kvHeads * D);
       const fwd = await ringAttentionForward(cfg, q, k, v);
       const grads = await ringAttentionBackward(cfg, { q, k, v, o: fwd.o, lse: fwd.lse }, gatherRows(p.dO, pos, heads * D));
-      pos.forEach((t, i) => {
-        o.set(fwd.o.subarray(i * heads * D, (i + 1) * heads * D), t * heads * D);
-        dq.set(grads.dq.subarray(i * heads * D, (i + 1) * heads * D), t * heads * D);
-        dk.set(grads.dk.subarray(i * kvHeads * D, (i + 1) * kvHeads * D), t * kvHeads * D);
-        dv.set(grads.dv.subarray(i * kvHeads * D, (i + 1) * kvHeads * D), t * kvHeads * D);
-        for (let h = 0; h < heads; h++) lse[h * SEQ + t] = fwd.lse[h * pos.length + i];
-      });
+      place(pos, { ...fwd, ...grads });
       assert.equal(cfg.stats!.steps, 2 * n);
     }),
   );
-  return { o, lse, dq, dk, dv };
+  return all;
 }
 
 function check(got: Awaited<ReturnType<typeof runRing>>, p: Problem, causal: boolean, label: string) {

@@ -113,3 +113,36 @@ export function assertClose(actual: ArrayLike<number>, expected: ArrayLike<numbe
 export function assertNoNaN(x: ArrayLike<number>, label: string): void {
   for (let i = 0; i < x.length; i++) assert.ok(!Number.isNaN(x[i]), `${label}[${i}] is NaN`);
 }
+
+export interface AttentionResults {
+  o: Float32Array;
+  lse: Float32Array;
+  dq: Float32Array;
+  dk: Float32Array;
+  dv: Float32Array;
+}
+
+/** Whole-sequence results, and how to place one rank's shard results (rows at global positions `pos`) into them. */
+export function wholeSequence(seqLen: number, heads: number, kvHeads: number, headDim: number) {
+  const qw = heads * headDim;
+  const kw = kvHeads * headDim;
+  const all: AttentionResults = {
+    o: new Float32Array(seqLen * qw),
+    lse: new Float32Array(heads * seqLen),
+    dq: new Float32Array(seqLen * qw),
+    dk: new Float32Array(seqLen * kw),
+    dv: new Float32Array(seqLen * kw),
+  };
+  const place = (pos: ArrayLike<number>, shard: AttentionResults): void => {
+    const m = pos.length;
+    for (let i = 0; i < m; i++) {
+      const t = pos[i];
+      all.o.set(shard.o.subarray(i * qw, (i + 1) * qw), t * qw);
+      all.dq.set(shard.dq.subarray(i * qw, (i + 1) * qw), t * qw);
+      all.dk.set(shard.dk.subarray(i * kw, (i + 1) * kw), t * kw);
+      all.dv.set(shard.dv.subarray(i * kw, (i + 1) * kw), t * kw);
+      for (let h = 0; h < heads; h++) all.lse[h * seqLen + t] = shard.lse[h * m + i];
+    }
+  };
+  return { all, place };
+}
