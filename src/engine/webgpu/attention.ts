@@ -280,6 +280,187 @@ function storeChunk(D: number, dst: string, base: string, chunk: string, value: 
     }`;
 }
 
+/**
+ * The two sides of a (query tile, KV tile) pair as the attention kernels name
+ * them: the tile's head and index, its first row, its rows (a WGSL const), its
+ * length, the heads of its tensors, and, for a side that is resident, the
+ * thread's row in the tile, that row's index in the tensor and whether it
+ * exists. KV heads are g = h / group for query head h (grouped-query attention).
+ */
+interface Side {
+  head: string;
+  tile: string;
+  first: string;
+  rows: string;
+  len: string;
+  heads: string;
+  row: string;
+  global: string;
+  ok: string;
+  /** The mask scratch fields of its positions and document ids. */
+  pos: string;
+  seg: string;
+}
+
+const Q_SIDE: Side = { head: 'h', tile: 'qt', first: 'i0', rows: 'BQ', len: 'u.qLen', heads: 'u.heads', row: 'ir', global: 'gi', ok: 'rowOk', pos: 'oQP', seg: 'oQS' };
+const KV_SIDE: Side = { head: 'g', tile: 'kt', first: 'j0', rows: 'BK', len: 'u.kvLen', heads: 'u.kvHeads', row: 'jr', global: 'gj', ok: 'keyOk', pos: 'oKP', seg: 'oKS' };
+
+/** loadTile for the current tile of a side (rows side.first.., head side.head). */
+function loadSide(D: number, dst: string, src: string, s: Side): string {
+  return loadTile(D, dst, s.rows, src, s.first, s.len, s.heads, s.head);
+}
+
+/** Element i of the mask scratch field `field` (oQP, oQS, oKP, oKS: positions and document ids). */
+function maskAt(field: string, i: string): string {
+  return `mk[u.b_mk + u.${field} + ${i}]`;
+}
+
+/** Row i of query head h in a per-(head, query) tensor (lse, delta: [heads, qLen]). */
+function rowStat(name: string, i: string): string {
+  return `${name}[u.b_${name} + h * u.qLen + ${i}]`;
+}
+
+/** Sets `dst` to the lse of query row i in base 2, leaving it alone (NEG) for a row that has seen no key. */
+function loadLse2(dst: string, i: string, ind: string): string {
+  return `let x = ${rowStat('lse', i)};${ind}if (!isEmpty(x)) { ${dst} = x * LOG2E; }`;
+}
+
+/**
+ * The WGSL after the declarations of a forward or backward kernel up to its
+ * own code: the geometry consts, COMMON, the workgroup arrays (name, element
+ * type, length) and sSkip, then main, which decodes wid (tile-major over the
+ * heads of the resident side) into the resident tile, its head and this
+ * thread's row and first chunk c. Workgroups past u.total are the padding of
+ * a 2-D grid.
+ */
+function attnPrologue(D: number, g: Geometry, extra: Record<string, number>, arrays: ReadonlyArray<readonly [string, string, number]>, s: Side): string {
+  return `
+${geometryConsts(D, g, extra)}
+${COMMON}
+${arrays.map(([n, t, len]) => `var<workgroup> ${n}: array<${t}, ${len}>;`).join('\n')}
+var<workgroup> sSkip: array<u32, 2>;
+
+@compute @workgroup_size(${g.threads})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let wid = wg.x + wg.y * nwg.x;
+  if (wid >= u.total) { return; }
+  let ${s.head} = wid % ${s.heads};
+  let ${s.tile} = wid / ${s.heads};${s === Q_SIDE ? '\n  let g = h / u.group;' : ''}
+  let ${s.first} = ${s.tile} * ${s.rows};
+  let ${s.row} = lid / TS;
+  let c = lid % TS;
+  let ${s.global} = ${s.first} + ${s.row};
+  let ${s.ok} = ${s.global} < ${s.len};`;
+}
+
+/**
+ * The position and document id of this thread's resident row (qpos, qseg or
+ * kpos, kseg; 0 past the tensor), after the declarations `vars`, loaded with
+ * `loads` under the same test.
+ */
+function residentMask(s: Side, vars: string[], loads: string[]): string {
+  const [pos, seg] = s === Q_SIDE ? ['qpos', 'qseg'] : ['kpos', 'kseg'];
+  return [
+    `var ${pos}: i32 = 0;`,
+    `var ${seg}: i32 = 0;`,
+    ...vars,
+    `if (${s.ok}) {`,
+    `  ${pos} = ${maskAt(s.pos, s.global)};`,
+    `  ${seg} = ${maskAt(s.seg, s.global)};`,
+    ...loads.map((l) => `  ${l}`),
+    '}',
+  ].join('\n  ');
+}
+
+/**
+ * Skips the pair (qt, kt) when skipTile proves it empty (a `continue`). lid 0
+ * computes the flag and workgroupUniformLoad makes it uniform; the flag
+ * alternates between two slots because the load's barrier comes before the
+ * load, so lid 0 may write the next pair's flag while a thread still reads
+ * this one.
+ */
+function skipPair(slot: string): string {
+  return `if (lid == 0u) { sSkip[${slot}] = skipTile(qt, kt); }
+    if (workgroupUniformLoad(&sSkip[${slot}]) != 0u) { continue; }`;
+}
+
+/** Chunk k of this thread (c + TS * k). */
+function chunkOf(TS: number, k: number): string {
+  return `c + ${TS * k}u`;
+}
+
+/** Whether streamed row t of this thread (c + TS * t) lies in a tile of `rows` rows. */
+function inTile(TS: number, t: number, rows: string): string {
+  return `${chunkOf(TS, t)} < ${rows}`;
+}
+
+/** This thread's streamed rows `name`0.. (c + TS * t, clamped into the tile so that reads stay in it; inTile tells the real ones). */
+function streamedRows(n: number, TS: number, name: string, rows: string): string {
+  return unroll(n, (t) => `let ${name}${t} = min(${chunkOf(TS, t)}, ${rows} - 1u);`, '\n  ');
+}
+
+/** vec4 accumulators `name`k (k < dc4) set to zero, the names interleaved per chunk. */
+function zeroAccs(dc4: number, names: string[]): string {
+  return unroll(dc4, (k) => names.map((n) => `var ${n}${k} = vec4<f32>(0.0);`).join('\n  '), '\n  ');
+}
+
+/**
+ * Register-blocked dot products over the chunks of the head dimension, one
+ * pass: for each [acc, local, resident, streamed], acc_t = resident row `row`
+ * . streamed row `idx`_t for t < n (the accumulators declared here at 0).
+ */
+function dotRows(n: number, idx: string, row: string, pairs: ReadonlyArray<readonly [string, string, string, string]>, ind: string): string {
+  const ind2 = ind + '  ';
+  return `${unroll(n, (t) => pairs.map(([a]) => `var ${a}${t}: f32 = 0.0;`).join(ind), ind)}
+${ind.slice(1)}for (var d4 = 0u; d4 < D4 + u.zero; d4 += 1u) {${pairs.map(([, l, r]) => `${ind2}let ${l} = ${r}[${row} * KS4 + d4];`).join('')}
+${ind2.slice(1)}${unroll(n, (t) => pairs.map(([a, l, , st]) => `${a}${t} += dot(${l}, ${st}[${idx}${t} * KS4 + d4]);`).join(ind2), ind2)}
+${ind.slice(1)}}`;
+}
+
+/** The mask rule (src/kernels/types.ts) for a key at kp in document ks against a query at qp in document qs. */
+function allowed(kp: string, qp: string, ks: string, qs: string): string {
+  return `((u.causal == 0u) | (${kp} <= ${qp})) & (${ks} == ${qs})`;
+}
+
+/** `live` for streamed key kr`t` of a query-resident kernel: in the tile, `rowCond`, below kvLen, allowed for this row. */
+function keyLive(TS: number, t: number, rowCond: string): string {
+  return `let live = (${inTile(TS, t, 'BK')}) & ${rowCond} & (j0 + kr${t} < u.kvLen) & ${allowed(`sKP[kr${t}]`, 'qpos', `sKG[kr${t}]`, 'qseg')};`;
+}
+
+/** Backward: P of score s`t` recomputed from the row's base-2 lse `l2` (no running max or sum needed), 0 where masked. */
+function probability(t: number, l2: string): string {
+  return `let pv = select(0.0, exp2(s${t} * u.scale2 - ${l2}), live);`;
+}
+
+/** Backward: dS = P * (dP - delta) for score t, 0 where masked. */
+function dScore(t: number, del: string): string {
+  return `select(0.0, pv * (dp${t} - ${del}), live)`;
+}
+
+/**
+ * The loop over the `rows` rows jj of the other tile that adds weight x row:
+ * each [name, array] of `weights` is read as name = array[row * rows + jj],
+ * then `extra` runs, then each [acc, weight, tile] of `terms` adds
+ * weight * tile's chunks of this thread to acc`k`.
+ */
+function weightedRows(
+  dc4: number,
+  TS: number,
+  loop: string,
+  rows: string,
+  row: string,
+  weights: ReadonlyArray<readonly [string, string]>,
+  extra: string,
+  base: string,
+  terms: ReadonlyArray<readonly [string, string, string]>,
+  ind: string,
+): string {
+  const ind2 = ind + '  ';
+  return `for (var ${loop} = 0u; ${loop} < ${rows} + u.zero; ${loop} += 1u) {${weights.map(([n, a]) => `${ind2}let ${n} = ${a}[${row} * ${rows} + ${loop}];`).join('')}${extra ? `${ind2}${extra}` : ''}${ind2}let ${base} = ${loop} * KS4 + c;
+${ind2.slice(1)}${unroll(dc4, (k) => terms.map(([a, w, tl]) => `${a}${k} += ${w} * ${tl}[${base} + ${TS * k}u];`).join(ind2), ind2)}
+${ind.slice(1)}}`;
+}
+
 /** KV positions and document ids of the tile at j0 into sKP, sKG (rows past kvLen: 0, never used). */
 function loadKvMask(): string {
   return `for (var e = lid; e < BK; e += NT) {
@@ -287,8 +468,8 @@ function loadKvMask(): string {
       var kp: i32 = 0;
       var ks: i32 = 0;
       if (gj < u.kvLen) {
-        kp = mk[u.b_mk + u.oKP + gj];
-        ks = mk[u.b_mk + u.oKS + gj];
+        kp = ${maskAt('oKP', 'gj')};
+        ks = ${maskAt('oKS', 'gj')};
       }
       sKP[e] = kp;
       sKG[e] = ks;
@@ -417,104 +598,92 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
   );
 }
 
-function forwardKernel(p: ForwardPlan): Kernel {
-  const D = p.headDim;
-  const BQ = p.tileQ;
-  const BK = p.tileKV;
-  const g = p.forward;
-  const TS = g.threadsPerRow;
-  const KC = ceilDiv(BK, TS);
-  const KS4 = g.dp4 + 1;
-  return kernel(
-    `attn.forward.d${D}.q${BQ}.k${BK}.t${TS}`,
-    [
-      ['q', 'f32'],
-      ['k', 'f32'],
-      ['v', 'f32'],
-      ['o', 'f32'],
-      ['lse', 'f32'],
-      ['mk', 'i32'],
-    ],
-    ATTN_FIELDS,
-    `
-${geometryConsts(D, g, { BQ, BK, KC })}
-${COMMON}
-var<workgroup> sQ: array<vec4<f32>, ${BQ * KS4}>;
-var<workgroup> sKV: array<vec4<f32>, ${BK * KS4}>;
-var<workgroup> sP: array<f32, ${BQ * BK}>;
-var<workgroup> sKP: array<i32, ${BK}>;
-var<workgroup> sKG: array<i32, ${BK}>;
-var<workgroup> sSkip: array<u32, 2>;
+const f32s = (...names: string[]): Array<readonly [string, Elem]> => names.map((n) => [n, 'f32'] as const);
 
-@compute @workgroup_size(${g.threads})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let wid = wg.x + wg.y * nwg.x;
-  if (wid >= u.total) { return; }
-  let h = wid % u.heads;
-  let qt = wid / u.heads;
-  let g = h / u.group;
-  let i0 = qt * BQ;
-  let r = lid / TS;
-  let c = lid % TS;
-  let row = i0 + r;
-  let rowOk = row < u.qLen;
-  ${loadTile(D, 'sQ', 'BQ', 'q', 'i0', 'u.qLen', 'u.heads', 'h')}
-  var qpos: i32 = 0;
-  var qseg: i32 = 0;
-  var lseOld: f32 = 0.0;
-  var oldEmpty = true;
-  if (rowOk) {
-    qpos = mk[u.b_mk + u.oQP + row];
-    qseg = mk[u.b_mk + u.oQS + row];
-    lseOld = lse[u.b_lse + h * u.qLen + row];
-    oldEmpty = isEmpty(lseOld);
-  }
+/** What a kernel's generator names: head dimension, tiles, threads per row, streamed rows per thread (SC), row stride in chunks. */
+function dims(p: ForwardPlan | BackwardPlan, g: Geometry) {
+  const TS = g.threadsPerRow;
+  return { D: p.headDim, BQ: p.tileQ, BK: p.tileKV, TS, SC: ceilDiv(g.streamed, TS), KS4: g.dp4 + 1 };
+}
+
+/**
+ * A forward or backward kernel named `name` (its pipeline key adds the head
+ * dimension, tiles and threads per row): the f32 tensors `tensors` then the
+ * mask scratch mk, ATTN_FIELDS, attnPrologue, then `body`, the kernel's own
+ * code up to the end of main.
+ */
+function attnKernel(
+  name: string,
+  p: ForwardPlan | BackwardPlan,
+  g: Geometry,
+  tensors: string[],
+  extra: Record<string, number>,
+  arrays: ReadonlyArray<readonly [string, string, number]>,
+  side: Side,
+  body: string,
+): Kernel {
+  const { D, BQ, BK, TS } = dims(p, g);
+  return kernel(`attn.${name}.d${D}.q${BQ}.k${BK}.t${TS}`, [...f32s(...tensors), ['mk', 'i32']], ATTN_FIELDS, `${attnPrologue(D, g, extra, arrays, side)}${body}`);
+}
+
+/** sKP, sKG: the KV tile's positions and document ids as loadKvMask writes them. */
+const kvMaskArrays = (bk: number) =>
+  [
+    ['sKP', 'i32', bk],
+    ['sKG', 'i32', bk],
+  ] as const;
+
+/** A workgroup array of n vec4 rows (stride KS4), for attnPrologue. */
+const rowArray = (name: string, n: number, ks4: number) => [name, 'vec4<f32>', n * ks4] as const;
+
+function forwardKernel(p: ForwardPlan): Kernel {
+  const g = p.forward;
+  const { D, BQ, BK, TS, SC: KC, KS4 } = dims(p, g);
+  const arrays = [
+    rowArray('sQ', BQ, KS4),
+    rowArray('sKV', BK, KS4),
+    ['sP', 'f32', BQ * BK],
+    ...kvMaskArrays(BK),
+  ] as const;
+  return attnKernel('forward', p, g, ['q', 'k', 'v', 'o', 'lse'], { BQ, BK, KC }, arrays, Q_SIDE, `
+  ${loadSide(D, 'sQ', 'q', Q_SIDE)}
+  ${residentMask(Q_SIDE, ['var lseOld: f32 = 0.0;', 'var oldEmpty = true;'], [`lseOld = ${rowStat('lse', 'gi')};`, 'oldEmpty = isEmpty(lseOld);'])}
   // This thread's keys in a tile: c + TS * t (t < KC, clamped into the tile); its output chunks: c + TS * k (k < DC4).
-  ${unroll(KC, (t) => `let kr${t} = min(c + ${TS * t}u, BK - 1u);`, '\n  ')}
+  ${streamedRows(KC, TS, 'kr', 'BK')}
   var m: f32 = NEG;
   var l: f32 = 0.0;
-  ${unroll(g.dc4, (k) => `var acc${k} = vec4<f32>(0.0);`, '\n  ')}
+  ${zeroAccs(g.dc4, ['acc'])}
   workgroupBarrier();
   for (var kt = 0u; kt < u.nKt; kt += 1u) {
-    if (lid == 0u) { sSkip[kt & 1u] = skipTile(qt, kt); }
-    if (workgroupUniformLoad(&sSkip[kt & 1u]) != 0u) { continue; }
+    ${skipPair('kt & 1u')}
     let j0 = kt * BK;
-    ${loadTile(D, 'sKV', 'BK', 'k', 'j0', 'u.kvLen', 'u.kvHeads', 'g')}
+    ${loadSide(D, 'sKV', 'k', KV_SIDE)}
     ${loadKvMask()}
     workgroupBarrier();
     // Scores (base 2); masked ones become NEG.
-    ${unroll(KC, (t) => `var s${t}: f32 = 0.0;`, '\n    ')}
-    for (var d4 = 0u; d4 < D4 + u.zero; d4 += 1u) {
-      let qv = sQ[r * KS4 + d4];
-      ${unroll(KC, (t) => `s${t} += dot(qv, sKV[kr${t} * KS4 + d4]);`, '\n      ')}
-    }
+    ${dotRows(KC, 'kr', 'ir', [['s', 'qv', 'sQ', 'sKV']], '\n    ')}
     ${unroll(
       KC,
       (t) => `{
-      let live = (c + ${TS * t}u < BK) & rowOk & (j0 + kr${t} < u.kvLen) & ((u.causal == 0u) | (sKP[kr${t}] <= qpos)) & (sKG[kr${t}] == qseg);
+      ${keyLive(TS, t, 'rowOk')}
       s${t} = select(NEG, s${t} * u.scale2, live);
-      if (c + ${TS * t}u < BK) { sP[r * BK + kr${t}] = s${t}; }
+      if (${inTile(TS, t, 'BK')}) { sP[ir * BK + kr${t}] = s${t}; }
     }`,
       '\n    ',
     )}
     workgroupBarrier();
     var bmax: f32 = NEG;
-    for (var jj = 0u; jj < BK + u.zero; jj += 1u) { bmax = max(bmax, sP[r * BK + jj]); }
+    for (var jj = 0u; jj < BK + u.zero; jj += 1u) { bmax = max(bmax, sP[ir * BK + jj]); }
     workgroupBarrier();
-    ${loadTile(D, 'sKV', 'BK', 'v', 'j0', 'u.kvLen', 'u.kvHeads', 'g')}
+    ${loadSide(D, 'sKV', 'v', KV_SIDE)}
     let mNew = max(m, bmax);
     let alpha = select(0.0, exp2(m - mNew), m > -1.0e29);
-    ${unroll(KC, (t) => `if (c + ${TS * t}u < BK) { sP[r * BK + kr${t}] = select(0.0, exp2(s${t} - mNew), s${t} > -1.0e29); }`, '\n    ')}
+    ${unroll(KC, (t) => `if (${inTile(TS, t, 'BK')}) { sP[ir * BK + kr${t}] = select(0.0, exp2(s${t} - mNew), s${t} > -1.0e29); }`, '\n    ')}
     m = mNew;
     l *= alpha;
     ${unroll(g.dc4, (k) => `acc${k} *= alpha;`, '\n    ')}
     workgroupBarrier();
-    for (var jj = 0u; jj < BK + u.zero; jj += 1u) {
-      let pv = sP[r * BK + jj];
-      l += pv;
-      let vb = jj * KS4 + c;
-      ${unroll(g.dc4, (k) => `acc${k} += pv * sKV[vb + ${TS * k}u];`, '\n      ')}
-    }
+    ${weightedRows(g.dc4, TS, 'jj', 'BK', 'ir', [['pv', 'sP']], 'l += pv;', 'vb', [['acc', 'pv', 'sKV']], '\n    ')}
     workgroupBarrier();
   }
   // Merge this block's normalised result into the running one (l > 0 iff the row saw a key).
@@ -530,20 +699,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
       wb = select(1.0, e, lseOld >= lseB) / (1.0 + e);
     }
     let inv = wb / l;
-    let ob = u.b_o + (row * u.heads + h) * D;
+    let ob = u.b_o + (gi * u.heads + h) * D;
     ${unroll(
       g.dc4,
       (k) => `{
       var y = acc${k} * inv;
       if (!oldEmpty) {
-        let b = ob + 4u * (c + ${TS * k}u);
+        let b = ob + 4u * (${chunkOf(TS, k)});
         y += vec4<f32>(o[b], o[b + 1u], o[b + 2u], o[b + 3u]) * wa;
       }
-      ${storeChunk(D, 'o', 'ob', `c + ${TS * k}u`, 'y', '=')}
+      ${storeChunk(D, 'o', 'ob', chunkOf(TS, k), 'y', '=')}
     }`,
       '\n    ',
     )}
-    if (c == 0u) { lse[u.b_lse + h * u.qLen + row] = lseN; }
+    if (c == 0u) { ${rowStat('lse', 'gi')} = lseN; }
   }
 }
 `,
@@ -551,75 +720,37 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 
 function dkdvKernel(p: BackwardPlan): Kernel {
-  const D = p.headDim;
-  const BQ = p.tileQ;
-  const BK = p.tileKV;
   const g = p.dkdv;
-  const TS = g.threadsPerRow;
-  const QC = ceilDiv(BQ, TS);
-  const KS4 = g.dp4 + 1;
-  return kernel(
-    `attn.dkdv.d${D}.q${BQ}.k${BK}.t${TS}`,
-    [
-      ['q', 'f32'],
-      ['k', 'f32'],
-      ['v', 'f32'],
-      ['dO', 'f32'],
-      ['lse', 'f32'],
-      ['delta', 'f32'],
-      ['dk', 'f32'],
-      ['dv', 'f32'],
-      ['mk', 'i32'],
-    ],
-    ATTN_FIELDS,
-    `
-${geometryConsts(D, g, { BQ, BK, QC })}
-${COMMON}
-var<workgroup> sK: array<vec4<f32>, ${BK * KS4}>;
-var<workgroup> sV: array<vec4<f32>, ${BK * KS4}>;
-var<workgroup> sQ: array<vec4<f32>, ${BQ * KS4}>;
-var<workgroup> sdO: array<vec4<f32>, ${BQ * KS4}>;
-var<workgroup> sPT: array<f32, ${BK * BQ}>;
-var<workgroup> sDS: array<f32, ${BK * BQ}>;
-var<workgroup> sL: array<f32, ${BQ}>;
-var<workgroup> sDel: array<f32, ${BQ}>;
-var<workgroup> sQP: array<i32, ${BQ}>;
-var<workgroup> sQG: array<i32, ${BQ}>;
-var<workgroup> sSkip: array<u32, 2>;
-
-@compute @workgroup_size(${g.threads})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let wid = wg.x + wg.y * nwg.x;
-  if (wid >= u.total) { return; }
-  let g = wid % u.kvHeads;
-  let kt = wid / u.kvHeads;
-  let j0 = kt * BK;
-  let jr = lid / TS;
-  let c = lid % TS;
-  let gj = j0 + jr;
-  let keyOk = gj < u.kvLen;
-  ${loadTile(D, 'sK', 'BK', 'k', 'j0', 'u.kvLen', 'u.kvHeads', 'g')}
-  ${loadTile(D, 'sV', 'BK', 'v', 'j0', 'u.kvLen', 'u.kvHeads', 'g')}
-  var kpos: i32 = 0;
-  var kseg: i32 = 0;
-  if (keyOk) {
-    kpos = mk[u.b_mk + u.oKP + gj];
-    kseg = mk[u.b_mk + u.oKS + gj];
-  }
+  const { D, BQ, BK, TS, SC: QC, KS4 } = dims(p, g);
+  const arrays = [
+    rowArray('sK', BK, KS4),
+    rowArray('sV', BK, KS4),
+    rowArray('sQ', BQ, KS4),
+    rowArray('sdO', BQ, KS4),
+    ['sPT', 'f32', BK * BQ],
+    ['sDS', 'f32', BK * BQ],
+    ['sL', 'f32', BQ],
+    ['sDel', 'f32', BQ],
+    ['sQP', 'i32', BQ],
+    ['sQG', 'i32', BQ],
+  ] as const;
+  return attnKernel('dkdv', p, g, ['q', 'k', 'v', 'dO', 'lse', 'delta', 'dk', 'dv'], { BQ, BK, QC }, arrays, KV_SIDE, `
+  ${loadSide(D, 'sK', 'k', KV_SIDE)}
+  ${loadSide(D, 'sV', 'v', KV_SIDE)}
+  ${residentMask(KV_SIDE, [], [])}
   // This thread's queries in a tile: c + TS * t (t < QC, clamped into the tile); its dK, dV chunks: c + TS * k (k < DC4).
-  ${unroll(QC, (t) => `let qr${t} = min(c + ${TS * t}u, BQ - 1u);`, '\n  ')}
-  ${unroll(g.dc4, (k) => `var accK${k} = vec4<f32>(0.0);\n  var accV${k} = vec4<f32>(0.0);`, '\n  ')}
+  ${streamedRows(QC, TS, 'qr', 'BQ')}
+  ${zeroAccs(g.dc4, ['accK', 'accV'])}
   var it = 0u;
   for (var hh = 0u; hh < u.group; hh += 1u) {
     let h = g * u.group + hh;
     for (var qt = 0u; qt < u.nQt; qt += 1u) {
-      if (lid == 0u) { sSkip[it & 1u] = skipTile(qt, kt); }
-      let skp = workgroupUniformLoad(&sSkip[it & 1u]);
+      let slot = it & 1u;
       it += 1u;
-      if (skp != 0u) { continue; }
+      ${skipPair('slot')}
       let i0 = qt * BQ;
-      ${loadTile(D, 'sQ', 'BQ', 'q', 'i0', 'u.qLen', 'u.heads', 'h')}
-      ${loadTile(D, 'sdO', 'BQ', 'dO', 'i0', 'u.qLen', 'u.heads', 'h')}
+      ${loadSide(D, 'sQ', 'q', Q_SIDE)}
+      ${loadSide(D, 'sdO', 'dO', Q_SIDE)}
       for (var e = lid; e < BQ; e += NT) {
         let gi = i0 + e;
         var lv: f32 = NEG;
@@ -627,11 +758,10 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         var qp: i32 = 0;
         var qs: i32 = 0;
         if (gi < u.qLen) {
-          let x = lse[u.b_lse + h * u.qLen + gi];
-          if (!isEmpty(x)) { lv = x * LOG2E; }
-          dl = delta[u.b_delta + h * u.qLen + gi];
-          qp = mk[u.b_mk + u.oQP + gi];
-          qs = mk[u.b_mk + u.oQS + gi];
+          ${loadLse2('lv', 'gi', '\n          ')}
+          dl = ${rowStat('delta', 'gi')};
+          qp = ${maskAt('oQP', 'gi')};
+          qs = ${maskAt('oQS', 'gi')};
         }
         sL[e] = lv;
         sDel[e] = dl;
@@ -639,31 +769,21 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         sQG[e] = qs;
       }
       workgroupBarrier();
-      ${unroll(QC, (t) => `var s${t}: f32 = 0.0;\n      var dp${t}: f32 = 0.0;`, '\n      ')}
-      for (var d4 = 0u; d4 < D4 + u.zero; d4 += 1u) {
-        let kv = sK[jr * KS4 + d4];
-        let vv = sV[jr * KS4 + d4];
-        ${unroll(QC, (t) => `s${t} += dot(kv, sQ[qr${t} * KS4 + d4]);\n        dp${t} += dot(vv, sdO[qr${t} * KS4 + d4]);`, '\n        ')}
-      }
+      ${dotRows(QC, 'qr', 'jr', [['s', 'kv', 'sK', 'sQ'], ['dp', 'vv', 'sV', 'sdO']], '\n      ')}
       ${unroll(
         QC,
         (t) => `{
-        let live = (c + ${TS * t}u < BQ) & keyOk & (sL[qr${t}] > -1.0e29) & ((u.causal == 0u) | (kpos <= sQP[qr${t}])) & (kseg == sQG[qr${t}]);
-        let pv = select(0.0, exp2(s${t} * u.scale2 - sL[qr${t}]), live);
-        if (c + ${TS * t}u < BQ) {
+        let live = (${inTile(TS, t, 'BQ')}) & keyOk & (sL[qr${t}] > -1.0e29) & ${allowed('kpos', `sQP[qr${t}]`, 'kseg', `sQG[qr${t}]`)};
+        ${probability(t, `sL[qr${t}]`)}
+        if (${inTile(TS, t, 'BQ')}) {
           sPT[jr * BQ + qr${t}] = pv;
-          sDS[jr * BQ + qr${t}] = select(0.0, pv * (dp${t} - sDel[qr${t}]), live);
+          sDS[jr * BQ + qr${t}] = ${dScore(t, `sDel[qr${t}]`)};
         }
       }`,
         '\n      ',
       )}
       workgroupBarrier();
-      for (var ii = 0u; ii < BQ + u.zero; ii += 1u) {
-        let pv = sPT[jr * BQ + ii];
-        let ds = sDS[jr * BQ + ii];
-        let qb = ii * KS4 + c;
-        ${unroll(g.dc4, (k) => `accV${k} += pv * sdO[qb + ${TS * k}u];\n        accK${k} += ds * sQ[qb + ${TS * k}u];`, '\n        ')}
-      }
+      ${weightedRows(g.dc4, TS, 'ii', 'BQ', 'jr', [['pv', 'sPT'], ['ds', 'sDS']], '', 'qb', [['accV', 'pv', 'sdO'], ['accK', 'ds', 'sQ']], '\n      ')}
       workgroupBarrier();
     }
   }
@@ -672,7 +792,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     ${unroll(
       g.dc4,
       (k) =>
-        `${storeChunk(D, 'dk', 'u.b_dk + base', `c + ${TS * k}u`, `u.scale * accK${k}`, '+=')}\n    ${storeChunk(D, 'dv', 'u.b_dv + base', `c + ${TS * k}u`, `accV${k}`, '+=')}`,
+        `${storeChunk(D, 'dk', 'u.b_dk + base', chunkOf(TS, k), `u.scale * accK${k}`, '+=')}\n    ${storeChunk(D, 'dv', 'u.b_dv + base', chunkOf(TS, k), `accV${k}`, '+=')}`,
       '\n    ',
     )}
   }
@@ -682,102 +802,49 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }
 
 function dqKernel(p: BackwardPlan): Kernel {
-  const D = p.headDim;
-  const BQ = p.tileQ;
-  const BK = p.tileKV;
   const g = p.dq;
-  const TS = g.threadsPerRow;
-  const KC = ceilDiv(BK, TS);
-  const KS4 = g.dp4 + 1;
-  return kernel(
-    `attn.dq.d${D}.q${BQ}.k${BK}.t${TS}`,
-    [
-      ['q', 'f32'],
-      ['k', 'f32'],
-      ['v', 'f32'],
-      ['dO', 'f32'],
-      ['lse', 'f32'],
-      ['delta', 'f32'],
-      ['dq', 'f32'],
-      ['mk', 'i32'],
-    ],
-    ATTN_FIELDS,
-    `
-${geometryConsts(D, g, { BQ, BK, KC })}
-${COMMON}
-var<workgroup> sQ: array<vec4<f32>, ${BQ * KS4}>;
-var<workgroup> sdO: array<vec4<f32>, ${BQ * KS4}>;
-var<workgroup> sK: array<vec4<f32>, ${BK * KS4}>;
-var<workgroup> sV: array<vec4<f32>, ${BK * KS4}>;
-var<workgroup> sDS: array<f32, ${BQ * BK}>;
-var<workgroup> sKP: array<i32, ${BK}>;
-var<workgroup> sKG: array<i32, ${BK}>;
-var<workgroup> sSkip: array<u32, 2>;
-
-@compute @workgroup_size(${g.threads})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let wid = wg.x + wg.y * nwg.x;
-  if (wid >= u.total) { return; }
-  let h = wid % u.heads;
-  let qt = wid / u.heads;
-  let g = h / u.group;
-  let i0 = qt * BQ;
-  let ir = lid / TS;
-  let c = lid % TS;
-  let gi = i0 + ir;
-  let rowOk = gi < u.qLen;
-  ${loadTile(D, 'sQ', 'BQ', 'q', 'i0', 'u.qLen', 'u.heads', 'h')}
-  ${loadTile(D, 'sdO', 'BQ', 'dO', 'i0', 'u.qLen', 'u.heads', 'h')}
-  var qpos: i32 = 0;
-  var qseg: i32 = 0;
-  var l2: f32 = NEG;
-  var del: f32 = 0.0;
-  if (rowOk) {
-    qpos = mk[u.b_mk + u.oQP + gi];
-    qseg = mk[u.b_mk + u.oQS + gi];
-    let x = lse[u.b_lse + h * u.qLen + gi];
-    if (!isEmpty(x)) { l2 = x * LOG2E; }
-    del = delta[u.b_delta + h * u.qLen + gi];
-  }
+  const { D, BQ, BK, TS, SC: KC, KS4 } = dims(p, g);
+  const arrays = [
+    rowArray('sQ', BQ, KS4),
+    rowArray('sdO', BQ, KS4),
+    rowArray('sK', BK, KS4),
+    rowArray('sV', BK, KS4),
+    ['sDS', 'f32', BQ * BK],
+    ...kvMaskArrays(BK),
+  ] as const;
+  return attnKernel('dq', p, g, ['q', 'k', 'v', 'dO', 'lse', 'delta', 'dq'], { BQ, BK, KC }, arrays, Q_SIDE, `
+  ${loadSide(D, 'sQ', 'q', Q_SIDE)}
+  ${loadSide(D, 'sdO', 'dO', Q_SIDE)}
+  ${residentMask(Q_SIDE, ['var l2: f32 = NEG;', 'var del: f32 = 0.0;'], [loadLse2('l2', 'gi', '\n    '), `del = ${rowStat('delta', 'gi')};`])}
   let rowLive = l2 > -1.0e29;
   // This thread's keys in a tile: c + TS * t (t < KC, clamped into the tile); its dQ chunks: c + TS * k (k < DC4).
-  ${unroll(KC, (t) => `let kr${t} = min(c + ${TS * t}u, BK - 1u);`, '\n  ')}
-  ${unroll(g.dc4, (k) => `var acc${k} = vec4<f32>(0.0);`, '\n  ')}
+  ${streamedRows(KC, TS, 'kr', 'BK')}
+  ${zeroAccs(g.dc4, ['acc'])}
   workgroupBarrier();
   for (var kt = 0u; kt < u.nKt; kt += 1u) {
-    if (lid == 0u) { sSkip[kt & 1u] = skipTile(qt, kt); }
-    if (workgroupUniformLoad(&sSkip[kt & 1u]) != 0u) { continue; }
+    ${skipPair('kt & 1u')}
     let j0 = kt * BK;
-    ${loadTile(D, 'sK', 'BK', 'k', 'j0', 'u.kvLen', 'u.kvHeads', 'g')}
-    ${loadTile(D, 'sV', 'BK', 'v', 'j0', 'u.kvLen', 'u.kvHeads', 'g')}
+    ${loadSide(D, 'sK', 'k', KV_SIDE)}
+    ${loadSide(D, 'sV', 'v', KV_SIDE)}
     ${loadKvMask()}
     workgroupBarrier();
-    ${unroll(KC, (t) => `var s${t}: f32 = 0.0;\n    var dp${t}: f32 = 0.0;`, '\n    ')}
-    for (var d4 = 0u; d4 < D4 + u.zero; d4 += 1u) {
-      let qv = sQ[ir * KS4 + d4];
-      let ov = sdO[ir * KS4 + d4];
-      ${unroll(KC, (t) => `s${t} += dot(qv, sK[kr${t} * KS4 + d4]);\n      dp${t} += dot(ov, sV[kr${t} * KS4 + d4]);`, '\n      ')}
-    }
+    ${dotRows(KC, 'kr', 'ir', [['s', 'qv', 'sQ', 'sK'], ['dp', 'ov', 'sdO', 'sV']], '\n    ')}
     ${unroll(
       KC,
       (t) => `{
-      let live = (c + ${TS * t}u < BK) & rowLive & (j0 + kr${t} < u.kvLen) & ((u.causal == 0u) | (sKP[kr${t}] <= qpos)) & (sKG[kr${t}] == qseg);
-      let pv = select(0.0, exp2(s${t} * u.scale2 - l2), live);
-      if (c + ${TS * t}u < BK) { sDS[ir * BK + kr${t}] = select(0.0, pv * (dp${t} - del), live); }
+      ${keyLive(TS, t, 'rowLive')}
+      ${probability(t, 'l2')}
+      if (${inTile(TS, t, 'BK')}) { sDS[ir * BK + kr${t}] = ${dScore(t, 'del')}; }
     }`,
       '\n    ',
     )}
     workgroupBarrier();
-    for (var jj = 0u; jj < BK + u.zero; jj += 1u) {
-      let ds = sDS[ir * BK + jj];
-      let kb = jj * KS4 + c;
-      ${unroll(g.dc4, (k) => `acc${k} += ds * sK[kb + ${TS * k}u];`, '\n      ')}
-    }
+    ${weightedRows(g.dc4, TS, 'jj', 'BK', 'ir', [['ds', 'sDS']], '', 'kb', [['acc', 'ds', 'sK']], '\n    ')}
     workgroupBarrier();
   }
   if (rowOk) {
     let base = u.b_dq + (gi * u.heads + h) * D;
-    ${unroll(g.dc4, (k) => storeChunk(D, 'dq', 'base', `c + ${TS * k}u`, `u.scale * acc${k}`, '+='), '\n    ')}
+    ${unroll(g.dc4, (k) => storeChunk(D, 'dq', 'base', chunkOf(TS, k), `u.scale * acc${k}`, '+='), '\n    ')}
   }
 }
 `,
