@@ -179,7 +179,8 @@ class Program {
         void* dst = ints ? (void*)i32(n, "write") : (void*)f32(n, "write");
         const int32_t h = next();
         if (h < 0 || (size_t)h >= hosts_.size() || hosts_[h].n < n) throw std::runtime_error("write: bad host array");
-        if (execute_) std::memcpy(dst, hosts_[h].p, n * 4);
+        // memmove: the host array may be this very memory (an all-reduce done in place on a read of it).
+        if (execute_) std::memmove(dst, hosts_[h].p, n * 4);
         break;
       }
       case kEmbed: {

@@ -35,6 +35,17 @@ for (const n of [1, 2, 3, 5]) {
           const s = rnd.reduce((a, x) => a + x[i], 0);
           assert.ok(Math.abs(routs[0][i] - s) <= 1e-5 * Math.max(1, Math.abs(s)));
         }
+        // Pipelined in many segments (16 bytes, and 20 with a short last one), in place: the same bits as one
+        // segment per chunk, written into the inputs themselves; the copying form left its inputs alone.
+        for (const segmentBytes of [16, 20]) {
+          const copies = rnd.map((x) => x.slice());
+          const segs = await Promise.all(rings.map((ring, r) => allReduceSum(ring, copies[r], { segmentBytes, inPlace: true })));
+          segs.forEach((out, r) => {
+            assert.equal(out, copies[r], 'in place returns its input');
+            assert.deepEqual(out, routs[0], `segments of ${segmentBytes} bytes`);
+          });
+        }
+        if (n > 1) rnd.forEach((x, r) => assert.notDeepEqual(x, routs[0], `rank ${r}'s input was left alone`));
       }
     } finally {
       await closeAll(rings);

@@ -21,32 +21,80 @@ function chunkBounds(length: number, n: number, i: number): [number, number] {
 
 const mod = (a: number, n: number) => ((a % n) + n) % n;
 
+function addInto(dst: Float32Array, src: Float32Array): void {
+  for (let i = 0, m = dst.length; i < m; i++) dst[i] += src[i];
+}
+
+/** Bytes of one all-reduce message: small enough to go as one frame (no chunked reassembly), large enough that per-message costs vanish. */
+export const ALLREDUCE_SEGMENT_BYTES = 1 << 20;
+
 /**
  * Elementwise sum over all ranks, bandwidth-optimal: a reduce-scatter then an
- * all-gather, 2(N-1) hops each moving 1/N of the array. Every rank ends with
- * bit-identical values (each chunk is reduced once, then copied around), which
- * keeps replicated parameters identical. The input is not modified.
+ * all-gather, 2(N-1) stages each moving 1/N of the array, pipelined in
+ * segments: a segment received at one stage is added (or stored) and sent on
+ * for the next stage at once, so every link carries the whole array's worth
+ * of segments back to back instead of waiting for each chunk. Each element is
+ * reduced once, in the same order on every rank (own partial + received), then
+ * copied around: every rank ends with bit-identical values, which keeps
+ * replicated parameters identical. The input is not modified.
+ *
+ * Messages arrive in the order they were sent (one tag, one link), and a rank
+ * sends stage t+1's segment j only after stage t's segment j arrived, so the
+ * k-th message received is stage floor(k / S), segment k mod S.
+ *
+ * Segments are sent straight from the array (zero-copy), not copied: a chunk
+ * sent at reduce-scatter stage t is written again only at all-gather stage t,
+ * by a segment whose value was reduced from the one we sent, so by then the
+ * successor has received ours; nothing sent at an all-gather stage is
+ * written again.
  */
-export async function allReduceSum(ring: Ring, x: Float32Array, tag = 'allreduce'): Promise<Float32Array> {
+export interface AllReduceOptions {
+  tag?: string;
+  segmentBytes?: number;
+  /** Sum into `x` itself instead of a copy: no allocation of the array's size. */
+  inPlace?: boolean;
+}
+
+export async function allReduceSum(ring: Ring, x: Float32Array, opts: AllReduceOptions | string = {}): Promise<Float32Array> {
+  const { tag = 'allreduce', segmentBytes = ALLREDUCE_SEGMENT_BYTES, inPlace = false } = typeof opts === 'string' ? { tag: opts } : opts;
   const n = ring.worldSize;
-  const acc = Float32Array.from(x);
+  // slice is a memcpy; Float32Array.from walks the array as an iterable (measured 55 ms for 64 MiB).
+  const acc = inPlace ? x : x.slice();
   if (n === 1) return acc;
   const r = ring.rank;
-  const chunk = (i: number) => {
-    const [a, b] = chunkBounds(acc.length, n, mod(i, n));
-    return acc.subarray(a, b);
+  const seg = Math.max(1, Math.floor(segmentBytes / 4));
+  const chunkLen = Math.ceil(acc.length / n);
+  const S = Math.max(1, Math.ceil(chunkLen / seg));
+  // Segment j of chunk c (chunks of nearly equal length; a short or empty segment is still a message).
+  const segment = (c: number, j: number): Float32Array => {
+    const [a, b] = chunkBounds(acc.length, n, mod(c, n));
+    const start = Math.min(b, a + j * seg);
+    return acc.subarray(start, Math.min(b, start + seg));
   };
-  // Sent chunks are copies: zeromq sends zero-copy and `acc` keeps changing.
-  for (let s = 0; s < n - 1; s++) {
-    const [got] = await ringPass(ring, tag, [chunk(r - s).slice()]);
-    const into = chunk(r - s - 1);
-    const add = got.data as Float32Array;
-    for (let i = 0; i < into.length; i++) into[i] += add[i];
+  // The chunk a stage sends: reduce-scatter stage t sends chunk r - t; all-gather stage t sends chunk r + 1 - (t - (n - 1)).
+  const stages = 2 * (n - 1);
+  const sentChunk = (t: number) => (t < n - 1 ? r - t : r + 1 - (t - (n - 1)));
+  const sends: Promise<void>[] = [];
+  const send = (t: number, j: number) => {
+    const p = ring.send(tag, [segment(sentChunk(t), j)]);
+    p.catch(() => undefined);
+    sends.push(p);
+  };
+  for (let j = 0; j < S; j++) send(0, j);
+  for (let t = 0; t < stages; t++) {
+    // What arrives at stage t is the chunk our predecessor sent: the one we send at stage t + 1.
+    const into = sentChunk(t + 1);
+    for (let j = 0; j < S; j++) {
+      const [got] = await ring.recv(tag);
+      const dst = segment(into, j);
+      const src = got.data as Float32Array;
+      if (src.length !== dst.length) throw new Error(`allReduceSum: rank ${r} got a segment of ${src.length} values at stage ${t}, expected ${dst.length}`);
+      if (t < n - 1) addInto(dst, src);
+      else dst.set(src);
+      if (t + 1 < stages) send(t + 1, j);
+    }
   }
-  for (let s = 0; s < n - 1; s++) {
-    const [got] = await ringPass(ring, tag, [chunk(r + 1 - s).slice()]);
-    chunk(r - s).set(got.data as Float32Array);
-  }
+  await Promise.all(sends);
   return acc;
 }
 

@@ -22,7 +22,7 @@ export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKern
     worldSize: ring.worldSize,
     async allReduceSum(x) {
       const t0 = performance.now();
-      const out = await allReduceSum(ring, x, 'grads');
+      const out = await allReduceSum(ring, x, { tag: 'grads', inPlace: true });
       commMs += performance.now() - t0;
       return out;
     },

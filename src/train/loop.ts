@@ -19,6 +19,7 @@ export interface TrainRing {
   rank: number;
   worldSize: number;
   /** Elementwise sum over ranks, same result on every rank. */
+  /** The elementwise sum over ranks; it may be `x` itself, summed in place. */
   allReduceSum(x: Float32Array): Promise<Float32Array>;
   /** Ring attention bound to this rank's shard positions of a sequence of `seqLen` tokens. */
   attention(positions: Int32Array, seqLen: number): AttentionOp;
