@@ -109,10 +109,10 @@ export function engineTerms(job: EngineJob): JobTerm[] {
     t('ringBackward', n * qDim + heads * n + 2 * kv + (N > 1 ? 2 * kv + hops * 2 * kv + 2 * kv : 0) + hops * 2 * kv, 'attentionBackward',
       `dq, delta; step 0's dk, dv${N > 1 ? `; the scratch pair; ${hops} dK/dV accumulator(s) received; the rank's own dK/dV home` : ''}; ${hops} received KV block(s)`),
     { name: 'corpus', bytes: job.corpusBytes, phase: 'always', count: 'the training text, joined (text data only)' },
-    // In place and sent zero-copy: what the all-reduce allocates is the segments it receives, up to a
-    // chunk per stage, none reclaimed before the call returns (too few objects to start a GC).
-    t('allReduce', 2 * (N - 1) * Math.ceil(reduceLen / N), 'allReduce',
-      N > 1 ? `the segments received at each of its ${2 * (N - 1)} stages, a chunk of (P + 2 + worldSize) / worldSize floats each` : 'nothing (a ring of one)'),
+    // In place: what the all-reduce allocates is the segments it receives (a chunk per stage) and the copies
+    // it sends in the all-gather (a chunk per stage), none reclaimed before the call returns.
+    t('allReduce', 3 * (N - 1) * Math.ceil(reduceLen / N), 'allReduce',
+      N > 1 ? `the segments received at each of its ${2 * (N - 1)} stages and the copies sent at its ${N - 1} all-gather stages, a chunk of (P + 2 + worldSize) / worldSize floats each` : 'nothing (a ring of one)'),
   ];
   return terms;
 }

@@ -42,11 +42,13 @@ export const ALLREDUCE_SEGMENT_BYTES = 1 << 20;
  * sends stage t+1's segment j only after stage t's segment j arrived, so the
  * k-th message received is stage floor(k / S), segment k mod S.
  *
- * Segments are sent straight from the array (zero-copy), not copied: a chunk
- * sent at reduce-scatter stage t is written again only at all-gather stage t,
- * by a segment whose value was reduced from the one we sent, so by then the
- * successor has received ours; nothing sent at an all-gather stage is
- * written again.
+ * ZeroMQ sends zero-copy and its promise resolves before the bytes have left,
+ * so a sent array must not change until the peer has it. Reduce-scatter
+ * segments go straight from the array: the chunk sent at stage t is written
+ * again only at all-gather stage t, by a segment reduced from the one we sent,
+ * so by then our successor has received it. All-gather segments are copies:
+ * nothing that reaches us before we return proves the successor received
+ * them, and the caller may reuse the array at once.
  */
 export interface AllReduceOptions {
   tag?: string;
@@ -76,7 +78,8 @@ export async function allReduceSum(ring: Ring, x: Float32Array, opts: AllReduceO
   const sentChunk = (t: number) => (t < n - 1 ? r - t : r + 1 - (t - (n - 1)));
   const sends: Promise<void>[] = [];
   const send = (t: number, j: number) => {
-    const p = ring.send(tag, [segment(sentChunk(t), j)]);
+    const data = segment(sentChunk(t), j);
+    const p = ring.send(tag, [t < n - 1 ? data : data.slice()]);
     p.catch(() => undefined);
     sends.push(p);
   };
