@@ -362,6 +362,30 @@ Napi::Value Isas(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// dst[i] += src[i]: the all-reduce's reduce-scatter additions (src/ring/collectives.ts), in place.
+// One float add per element, as JavaScript's (a double sum of two floats rounds to the same float),
+// so every rank and either path give the same bits.
+Napi::Value SumInto(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() != 2 || !info[0].IsTypedArray() || !info[1].IsTypedArray() ||
+      info[0].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array ||
+      info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array) {
+    Napi::TypeError::New(env, "sumInto(dst, src): two Float32Arrays").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Float32Array dst = info[0].As<Napi::Float32Array>();
+  Napi::Float32Array src = info[1].As<Napi::Float32Array>();
+  if (dst.ElementLength() != src.ElementLength()) {
+    Napi::RangeError::New(env, "sumInto: arrays of different lengths").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  float* d = dst.Data();
+  const float* a = src.Data();
+  const size_t n = dst.ElementLength();
+  for (size_t i = 0; i < n; i++) d[i] += a[i];
+  return env.Undefined();
+}
+
 // Large blocks straight from the kernel and back (glibc only). The ring's KV
 // chunks are allocated by ZeroMQ's I/O thread and freed on the JS thread when
 // the collector finalizes them; by default glibc raises its mmap threshold to
@@ -384,6 +408,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("forward", Napi::Function::New(env, Forward, "forward"));
   exports.Set("backward", Napi::Function::New(env, Backward, "backward"));
   exports.Set("isas", Napi::Function::New(env, Isas, "isas"));
+  exports.Set("sumInto", Napi::Function::New(env, SumInto, "sumInto"));
   addGemmExports(env, exports);
   addEngineExports(env, exports);
   return exports;

@@ -14,6 +14,7 @@ import { randomBytes } from 'node:crypto';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import * as zmq from 'zeromq';
+import { loadSumInto } from '../src/engine/addon.js';
 import { allReduceSum, barrier, ringPass } from '../src/ring/collectives.js';
 import { Ring } from '../src/ring/transport.js';
 import { freePortRange } from '../test/helpers/ports.js';
@@ -85,10 +86,12 @@ async function child(role: { kind: string; index: number; port: number; bytes: n
     for (let i = 0; i < reps; i++) held = (await ringPass(ring, 'blk', [held]))[0].data as Float32Array;
     ms = performance.now() - t0;
   } else {
-    await allReduceSum(ring, block, { inPlace: true });
+    // As training sums its gradients: in place, with the addon's additions unless RINGATTN_BENCH_JS_ADD is set (to compare).
+    const add = process.env.RINGATTN_BENCH_JS_ADD ? undefined : (loadSumInto() ?? undefined);
+    await allReduceSum(ring, block, { inPlace: true, add });
     await barrier(ring);
     const t0 = performance.now();
-    for (let i = 0; i < reps; i++) await allReduceSum(ring, block, { inPlace: true });
+    for (let i = 0; i < reps; i++) await allReduceSum(ring, block, { inPlace: true, add });
     ms = performance.now() - t0;
   }
   await ring.close();

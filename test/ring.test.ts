@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import * as zmq from 'zeromq';
+import { loadSumInto } from '../src/engine/addon.js';
 import { allReduceSum, barrier, broadcast, ringPass } from '../src/ring/collectives.js';
 import { decodeHeader, encodeHeader, FrameError } from '../src/ring/frame.js';
 import { Ring } from '../src/ring/transport.js';
@@ -133,6 +134,28 @@ test('large messages travel in 4 MiB chunks and arrive intact, in order', async 
     // Small messages after a chunked one keep their order and sequence numbers.
     const small = await Promise.all(rings.map((ring) => ringPass(ring, 'small', [new Int32Array([ring.rank])])));
     assert.deepEqual(small.map(([t]) => t.data[0]), [1, 0]);
+  } finally {
+    await closeAll(rings);
+  }
+});
+
+test("the addon's sumInto adds exactly as JavaScript does, and the all-reduce gives the same bits with it", async (t) => {
+  const sumInto = loadSumInto();
+  if (!sumInto) return t.skip('the native addon is not built here');
+  const a = Float32Array.from({ length: 10007 }, (_, i) => Math.sin(i) * 10 ** ((i % 13) - 6));
+  const b = Float32Array.from({ length: 10007 }, (_, i) => Math.cos(i * 3) * 10 ** ((i % 7) - 3));
+  const js = a.slice();
+  for (let i = 0; i < js.length; i++) js[i] += b[i];
+  const native = a.slice();
+  sumInto(native, b);
+  assert.deepEqual(native, js);
+  assert.throws(() => sumInto(native, b.subarray(1)), /different lengths/);
+  const rings = await openLocalRing(3);
+  try {
+    const inputs = rings.map((_, r) => Float32Array.from({ length: 5003 }, (_, i) => Math.sin(i + 7 * r)));
+    const plain = await Promise.all(rings.map((ring, r) => allReduceSum(ring, inputs[r], { segmentBytes: 64 })));
+    const withAddon = await Promise.all(rings.map((ring, r) => allReduceSum(ring, inputs[r], { segmentBytes: 64, add: sumInto })));
+    for (const out of withAddon) assert.deepEqual(out, plain[0]);
   } finally {
     await closeAll(rings);
   }

@@ -81,3 +81,9 @@ export function loadGemm(): { gemm?: GemmAddon; reason?: string } {
   if (typeof addon.sgemmSync !== 'function') return { reason: 'the native addon was built without the SGEMM; rebuild it (node scripts/build-native.mjs)' };
   return { gemm: addon as GemmAddon };
 }
+
+/** The addon's in-place float32 add (the all-reduce's additions), or null where the addon is absent. */
+export function loadSumInto(): ((dst: Float32Array, src: Float32Array) => void) | null {
+  const { addon } = loadAddon<{ sumInto?: (dst: Float32Array, src: Float32Array) => void }>();
+  return typeof addon?.sumInto === 'function' ? addon.sumInto : null;
+}

@@ -3,6 +3,7 @@ import { totalmem } from 'node:os';
 import { loadKernel, type KernelName } from '../kernels/index.js';
 import { allReduceSum, barrier, ringPass } from '../ring/collectives.js';
 import { randn } from '../tensor/random.js';
+import { loadSumInto } from '../engine/addon.js';
 import { tunedGemm, tunedTiles, tuningFilePath } from '../engine/tuning.js';
 import { loadEngine, type EngineName } from '../engine/index.js';
 import { describeBackends, selectBackend, tfjsWant } from '../tensor/backend.js';
@@ -221,7 +222,7 @@ export const doctorJob: JobDefinition = {
     for (let rep = 0; rep < 3; rep++) {
       await barrier(ring);
       const a0 = performance.now();
-      await allReduceSum(ring, x, { inPlace: true });
+      await allReduceSum(ring, x, { inPlace: true, add: loadSumInto() ?? undefined });
       arMs = Math.min(arMs, performance.now() - a0);
     }
     const n = ctx.worldSize;

@@ -1,3 +1,4 @@
+import { loadSumInto } from '../engine/addon.js';
 import { loadTunedKernel } from '../engine/tuning.js';
 import { shardPositions } from '../attention/layout.js';
 import { newRingStepStats, ringAttentionOp } from '../attention/ring-attention.js';
@@ -16,13 +17,14 @@ import { Progress } from './progress.js';
 export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKernel | null): TrainRing {
   const layout = resolveLayout(spec.attention);
   const stats = newRingStepStats();
+  const sumInto = loadSumInto() ?? undefined;
   let commMs = 0;
   return {
     rank: ring.rank,
     worldSize: ring.worldSize,
     async allReduceSum(x) {
       const t0 = performance.now();
-      const out = await allReduceSum(ring, x, { tag: 'grads', inPlace: true });
+      const out = await allReduceSum(ring, x, { tag: 'grads', inPlace: true, add: sumInto });
       commMs += performance.now() - t0;
       return out;
     },
