@@ -113,16 +113,14 @@ function kvFromMessage(m: Message, owner: number): KVBlock {
 function startPass(cfg: RingConfig, tag: string, payload: Tensor[], nextOwner: number) {
   const ring = cfg.ring!;
   const posted = performance.now();
-  const sent = ring.send(tag, payload);
-  const received = ring.recvMessage(tag).then((m) => {
+  const { sent, received } = ring.sendRecv(tag, payload);
+  const traced = received.then((m) => {
     cfg.trace?.span(`${tag} from rank ${ring.prev.rank}`, TRACK_TRANSFER, posted, m.arrivedAt, { owner: nextOwner });
     return m;
   });
-  // Unobserved rejections would crash the process before the step awaits them.
-  sent.catch(() => undefined);
-  received.catch(() => undefined);
+  traced.catch(() => undefined);
   if (cfg.stats) cfg.stats.bytesSent += payload.reduce((n, t) => n + t.data.byteLength, 0);
-  return { sent, received };
+  return { sent, received: traced };
 }
 
 /** Awaits a promise, counting the time as waiting (nothing left to compute meanwhile). */

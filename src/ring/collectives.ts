@@ -8,10 +8,10 @@ import type { Ring, Sendable } from './transport.js';
 
 /** Sends `items` to the successor and returns what the predecessor sent: one ring hop. */
 export async function ringPass(ring: Ring, tag: string, items: Sendable[]): Promise<Tensor[]> {
-  const sent = ring.send(tag, items);
-  const got = await ring.recv(tag);
+  const { sent, received } = ring.sendRecv(tag, items);
+  const got = await received;
   await sent;
-  return got;
+  return got.tensors;
 }
 
 /** Chunk i of a length split into n nearly equal parts: [start, end). */

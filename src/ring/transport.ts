@@ -258,6 +258,21 @@ export class Ring {
     }
   }
 
+  /**
+   * One hop of the ring, the helper every ring algorithm moves blocks with:
+   * hands `items` to the successor now (to ZeroMQ before this returns when
+   * nothing is queued ahead, so the caller's next compute hides the transfer)
+   * and returns the predecessor's next message of the same tag. Both promises
+   * are observed here, so one left unawaited after a failure cannot crash the process.
+   */
+  sendRecv(tag: string, items: Sendable[]): { sent: Promise<void>; received: Promise<Message> } {
+    const sent = this.send(tag, items);
+    const received = this.recvMessage(tag);
+    sent.catch(() => undefined);
+    received.catch(() => undefined);
+    return { sent, received };
+  }
+
   /** Queues a message to the successor; resolves once zeromq has taken it. Never mutate what was sent. */
   send(tag: string, items: Sendable[]): Promise<void> {
     this.throwIfFailed();
