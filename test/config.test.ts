@@ -105,6 +105,7 @@ describe('valid specs', () => {
       heartbeatTimeoutMs: 3000,
       opTimeoutMs: 120000,
       maxMessageBytes: 2 ** 30,
+      maxQueuedBytes: 2 ** 32,
       wire: 'float32',
     });
     assert.deepEqual(spec.attention, { causal: true, layout: 'auto', tileQ: 'auto', tileKV: 'auto', overlap: true, scope: 'ring' });
@@ -246,7 +247,7 @@ describe('mistakes give file:line:col: path: message', () => {
     assert.equal(
       userError(() => parseSpec(`${HOST}ring:\n  basePort: 3000\n  color: red\n`, 's.yaml')),
       's.yaml:6:3: ring.color: unknown key "color"; expected one of basePort, bindAddress, transport, connectTimeoutMs, ' +
-        'rendezvousTimeoutMs, heartbeatIntervalMs, heartbeatTimeoutMs, opTimeoutMs, maxMessageBytes, wire',
+        'rendezvousTimeoutMs, heartbeatIntervalMs, heartbeatTimeoutMs, opTimeoutMs, maxMessageBytes, maxQueuedBytes, wire',
     );
   });
 

@@ -189,3 +189,29 @@ describe('a send with nothing ahead of it goes to ZeroMQ at once', () => {
     }
   });
 });
+
+describe('a peer sending what this rank never receives', () => {
+  it('fails the ring within 1 s once ring.maxQueuedBytes wait unclaimed, naming both ranks and the tag; what is received in time is not counted', async () => {
+    const rings = await openLocalRing(2, { maxQueuedBytes: 8 << 20 });
+    const failures: string[] = [];
+    try {
+      // Claimed messages never pile up: 40 MiB through the same link, each received.
+      for (let i = 0; i < 10; i++) {
+        const sent = rings[0].send('ok', [new Float32Array(1 << 20)]);
+        await rings[1].recv('ok');
+        await sent;
+      }
+      const waiting = rings[1].recv('expected', 5000).catch((e: Error) => e.message);
+      const t0 = performance.now();
+      for (let i = 0; i < 20; i++) void rings[0].send('flood', [new Float32Array(1 << 18)]).catch(() => undefined);
+      const msg = await waiting;
+      const ms = performance.now() - t0;
+      failures.push(msg as string);
+      assert.ok(ms < 1000, `reported after ${ms.toFixed(0)} ms`);
+      assert.match(msg as string, /^rank 1: \d+ bytes from rank 0 \(127\.0\.0\.1\) wait for receives that were never made \("flood" x9\), past ring\.maxQueuedBytes \(8388608\)/);
+    } finally {
+      await closeAll(rings);
+    }
+    assert.equal(failures.length, 1);
+  });
+});

@@ -131,6 +131,11 @@ const RingSchema = z
     heartbeatTimeoutMs: millis(3000, 'Silence after which a peer is declared lost; must exceed heartbeatIntervalMs'),
     opTimeoutMs: millis(120000, 'Longest wait for any single ring message'),
     maxMessageBytes: sizeSchema.prefault('1G').describe('Largest ring message accepted, in bytes (size).'),
+    maxQueuedBytes: sizeSchema
+      .prefault('4G')
+      .describe(
+        'Most bytes of received messages that may wait for a receive not yet made; past it the ring fails naming the sender (a peer sending what this rank never receives). The ring algorithms keep at most a few blocks waiting: keep it at several times maxMessageBytes.',
+      ),
     wire: z
       .enum(['float32', 'bfloat16', 'float16'])
       .default('float32')

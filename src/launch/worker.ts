@@ -127,6 +127,7 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
       heartbeatIntervalMs: spec.ring.heartbeatIntervalMs,
       heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs,
       maxMessageBytes: spec.ring.maxMessageBytes,
+      maxQueuedBytes: spec.ring.maxQueuedBytes,
       curve: role.curve,
       onFailure: (err) => {
         void send({ type: 'failed', message: err.message }).catch(() => undefined);

@@ -43,6 +43,13 @@ export interface RingOptions {
   heartbeatIntervalMs: number;
   heartbeatTimeoutMs: number;
   maxMessageBytes: number;
+  /**
+   * The most bytes of messages that may wait for a receive that has not been
+   * made (default 4 x maxMessageBytes). Past it the ring fails, naming the
+   * sender and the tags piling up: a peer sending what this rank never
+   * receives cannot grow it without bound.
+   */
+  maxQueuedBytes?: number;
   /** One key pair per job: a process without it can neither connect nor be connected to. */
   curve?: CurveKeys;
   /** Called once when the ring fails (peer lost, protocol error); the job should stop. */
@@ -199,6 +206,7 @@ export class Ring {
   private sendSeq = 0;
   private recvSeq = 0;
   private readonly inbox = new Map<string, Message[]>();
+  private queuedBytes = 0;
   /** A chunked message being received: its buffers and how far they are filled. */
   private assembly: { tag: string; tensors: Tensor[]; index: number; offset: number } | null = null;
   private readonly waiters = new Map<string, Waiter[]>();
@@ -322,7 +330,11 @@ export class Ring {
   recvMessage(tag: string, timeoutMs = this.opts.opTimeoutMs): Promise<Message> {
     this.throwIfFailed();
     const queued = this.inbox.get(tag);
-    if (queued && queued.length > 0) return Promise.resolve(queued.shift()!);
+    if (queued && queued.length > 0) {
+      const m = queued.shift()!;
+      this.queuedBytes -= bytesOf(m);
+      return Promise.resolve(m);
+    }
     const started = performance.now();
     return new Promise<Message>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -481,6 +493,20 @@ export class Ring {
     const list = this.inbox.get(tag) ?? [];
     list.push(message);
     this.inbox.set(tag, list);
+    this.queuedBytes += bytesOf(message);
+    const max = this.opts.maxQueuedBytes ?? 4 * this.opts.maxMessageBytes;
+    if (this.queuedBytes > max) {
+      const piling = [...this.inbox].filter(([, l]) => l.length > 0).map(([t, l]) => `"${t}" x${l.length}`).join(', ');
+      this.fail(
+        new RingError(
+          `rank ${this.rank}: ${this.queuedBytes} bytes from rank ${this.prev.rank} (${this.prev.host}) wait for receives that were never made (${piling}), ` +
+            `past ring.maxQueuedBytes (${max}): the two ranks disagree on what is sent`,
+        ),
+      );
+      // Nothing will take them now.
+      this.inbox.clear();
+      this.queuedBytes = 0;
+    }
   }
 
   /** The successor link dropping (peer killed, or silent past the heartbeat timeout) fails the ring, naming the peer. */
@@ -522,6 +548,8 @@ export class Ring {
 
 /** Payload bytes per chunk of a large message. */
 export const CHUNK_BYTES = 4 << 20;
+
+const bytesOf = (m: Message): number => m.tensors.reduce((a, t) => a + t.data.byteLength, 0);
 
 /** Zero-copy byte views of the tensors' payloads, cut into chunks of at most CHUNK_BYTES. */
 function chunksOf(tensors: Tensor[]): Uint8Array[] {
