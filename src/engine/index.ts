@@ -49,14 +49,16 @@ export async function loadEngine(name: EngineName, opts: EngineOptions): Promise
     return webgpuEngine(opts, true, 'requested');
   }
   if (backend === 'auto' && name === 'auto') {
-    const { webgpuUnavailable } = await import('./webgpu/device.js');
-    const missing = webgpuUnavailable();
-    if (missing) skips.push(`webgpu skipped: ${missing}`);
-    else {
+    const { adapterFor, probeAdapters } = await import('./webgpu/device.js');
+    const adapters = await probeAdapters();
+    const pick = adapters ? adapterFor(adapters, opts.gpu?.want, opts.gpu?.slot ?? 0, false) : 'the adapter probe did not run';
+    if (typeof pick === 'string') {
+      // The install hint belongs to an explicit webgpu request, not to a log line of auto's.
+      skips.push(`webgpu skipped: ${pick.replace(/; install a Vulkan driver .*$/, '')}`);
+    } else {
       try {
         return await webgpuEngine(opts, false, 'auto: a hardware adapter');
       } catch (e) {
-        // The install hint belongs to an explicit webgpu request, not to a log line of auto's.
         skips.push(`webgpu skipped: ${(e as Error).message.replace(/^backend auto: /, '').replace(/; install a Vulkan driver .*$/, '')}`);
       }
     }

@@ -6,6 +6,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import * as zmq from 'zeromq';
 import { rankTable, resolvedLaunch, resolvedSecurity, specHash, isLoopback, type ClusterSpec, type HostSpec, type RankEntry } from '../config/index.js';
+import { ADAPTERS_ENV } from '../engine/webgpu/device.js';
 import { UserError } from '../errors.js';
 import type { CurveKeys } from '../ring/transport.js';
 import { Coordinator, type WorkerFailure } from './coordinator.js';
@@ -95,10 +96,12 @@ function shellQuote(s: string): string {
   return `'${s.replace(/'/g, `'\\''`)}'`;
 }
 
-function workerEnv(spec: ClusterSpec, e: RankEntry, host: HostSpec, world: number, coordinator: string, attempt: number): Record<string, string> {
+function workerEnv(spec: ClusterSpec, e: RankEntry, host: HostSpec, world: number, coordinator: string, attempt: number, adapters: string | null): Record<string, string> {
   const localWorld = host.slots;
   return {
     ...host.env,
+    // This machine's WebGPU adapters, probed once for the job; only its own workers may use the list.
+    ...(adapters !== null && resolvedLaunch(host) === 'local' ? { [ADAPTERS_ENV]: adapters } : {}),
     RINGATTN_ATTEMPT: String(attempt),
     RINGATTN_RANK: String(e.rank),
     RINGATTN_WORLD_SIZE: String(world),
@@ -167,19 +170,23 @@ function describeExit(code: number | null, signal: NodeJS.Signals | null): strin
  * line naming the host and slot, and no run directory is left behind. (A
  * remote host's workers report the same error themselves.)
  */
-async function checkLocalAdapters(spec: ClusterSpec): Promise<void> {
-  if (spec.backend !== 'webgpu') return;
+async function checkLocalAdapters(spec: ClusterSpec): Promise<string | null> {
+  // auto looks for a hardware adapter too: one probe here spares each local worker its own.
+  const probes = spec.backend === 'webgpu' || (spec.backend === 'auto' && spec.engine === 'auto');
   const local = spec.hosts.map((h, i) => ({ h, i })).filter(({ h }) => resolvedLaunch(h) === 'local');
-  if (local.length === 0) return;
+  if (!probes || local.length === 0) return null;
   const { adapterFor, listAdaptersQuietly } = await import('../engine/webgpu/device.js');
   const adapters = await listAdaptersQuietly();
-  if (!adapters) return;
-  for (const { h, i } of local) {
-    for (let slot = 0; slot < h.slots; slot++) {
-      const pick = adapterFor(adapters, h.gpus?.[slot], slot, true);
-      if (typeof pick === 'string') throw new UserError(`hosts[${i}] (${h.name}) slot ${slot}: backend webgpu: ${pick}`);
+  if (!adapters) return null;
+  if (spec.backend === 'webgpu') {
+    for (const { h, i } of local) {
+      for (let slot = 0; slot < h.slots; slot++) {
+        const pick = adapterFor(adapters, h.gpus?.[slot], slot, true);
+        if (typeof pick === 'string') throw new UserError(`hosts[${i}] (${h.name}) slot ${slot}: backend webgpu: ${pick}`);
+      }
     }
   }
+  return JSON.stringify(adapters);
 }
 
 /** Messages that are consequences of another rank's failure rather than causes. */
@@ -190,7 +197,7 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
   const print = opts.print ?? ((line: string) => process.stderr.write(`${line}\n`));
   const runDir = path.resolve(opts.runDir ?? defaultRunDir(spec, job.kind));
   const attempt = opts.attempt ?? 0;
-  await checkLocalAdapters(spec);
+  const adapters = await checkLocalAdapters(spec);
   mkdirSync(path.join(runDir, 'logs'), { recursive: true, mode: 0o700 });
   const table = rankTable(spec);
   const world = table.length;
@@ -237,7 +244,7 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
   const logFiles: WriteStream[] = [];
   const procs: RankProcess[] = table.map((e) => {
     const host = hostByName.get(e.host)!;
-    const child = spawnRank(spec, e, host, workerEnv(spec, e, host, world, coordinatorEndpoint, attempt));
+    const child = spawnRank(spec, e, host, workerEnv(spec, e, host, world, coordinatorEndpoint, attempt, adapters));
     const proc: RankProcess = { entry: e, host, child, lastLines: [], exited: false, reported: false };
     const role: WorkerRole = {
       jobId,

@@ -132,6 +132,28 @@ export function listAdaptersQuietly(timeoutMs = 20000): Promise<AdapterInfo[] | 
   });
 }
 
+/** The launcher's adapter list for workers on its own machine (JSON of AdapterInfo[]): one probe per job, not one per worker. */
+export const ADAPTERS_ENV = 'RINGATTN_WEBGPU_ADAPTERS';
+
+/**
+ * This machine's adapters without loading Dawn into this process: the
+ * launcher's list when it handed one down, else a child process's. Loading
+ * Dawn and a Vulkan driver costs a worker about 70 MiB (measured with
+ * lavapipe), so `backend: auto` looks first and loads it only for a hardware
+ * adapter. null when no probe could run.
+ */
+export async function probeAdapters(env: NodeJS.ProcessEnv = process.env): Promise<AdapterInfo[] | null> {
+  const handed = env[ADAPTERS_ENV];
+  if (handed) {
+    try {
+      return JSON.parse(handed) as AdapterInfo[];
+    } catch {
+      // A damaged list: probe afresh.
+    }
+  }
+  return listAdaptersQuietly();
+}
+
 /** Which of `adapters` a slot would open (the rule of openGpu), or why none; the same words as openGpu's errors. */
 export function adapterFor(adapters: AdapterInfo[], want: AdapterWant, slot: number, allowSoftware: boolean): AdapterInfo | string {
   const looked = want === undefined ? 'any WebGPU adapter' : typeof want === 'number' ? `WebGPU adapter ${want}` : `the WebGPU adapter named '${want}'`;
