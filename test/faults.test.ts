@@ -264,6 +264,72 @@ describe('--max-restarts', () => {
     assert.deepEqual(workerPids(port), []);
   });
 
+  it('chaos: 100 steps with 3 random kill -9 / SIGSTOP of random ranks at random times end on the parameters of an uninterrupted run', { timeout: 240000 }, async () => {
+    const CHAOS_STEPS = 100;
+    const ref = await specFile('chaos-reference', CHAOS_STEPS);
+    const refDir = path.join(tmp, 'chaos-reference');
+    const clean = await train(['--config', ref.file, '--run-dir', refDir]);
+    assert.equal(clean.code, 0, clean.stderr);
+    const { file, port } = await specFile('chaos', CHAOS_STEPS);
+    const runDir = path.join(tmp, 'chaos');
+    // Seeded, so a failure can be replayed: which step to wait for, which rank, which signal.
+    let x = Number(process.env.RINGATTN_CHAOS_SEED ?? 20261201);
+    const next = (n: number) => {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      return x % n;
+    };
+    // Random ranks and signals, the second always a SIGSTOP (a hang, found by the heartbeat) so both kinds occur.
+    const plan = [10 + next(20), 40 + next(20), 70 + next(20)].map((step, i) => ({
+      step,
+      rank: next(2),
+      signal: i === 1 || next(2) === 1 ? ('SIGSTOP' as const) : ('SIGKILL' as const),
+    }));
+    const lastStep = () => {
+      try {
+        const lines = readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n');
+        return JSON.parse(lines[lines.length - 1]).step as number;
+      } catch {
+        return 0;
+      }
+    };
+    let stop = false;
+    const chaos = (async () => {
+      for (const f of plan) {
+        while (!stop && lastStep() < f.step) await new Promise((r) => setTimeout(r, 20));
+        if (stop) return;
+        // The rank's current worker: the launcher passes each one its rank.
+        const rankPid = () =>
+          workerPids(port).find((p) => {
+            try {
+              return readFileSync(`/proc/${p}/environ`, 'utf8').includes(`\0RINGATTN_RANK=${f.rank}\0`);
+            } catch {
+              return false; // exited meanwhile
+            }
+          });
+        const pid = rankPid();
+        if (pid) process.kill(pid, f.signal);
+        // Let the ring notice and restart (a new worker for the rank) before the next fault is armed.
+        while (!stop && (rankPid() ?? pid) === pid) await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    const t0 = Date.now();
+    const r = await train(['--config', file, '--run-dir', runDir, '--max-restarts', '5']);
+    stop = true;
+    await chaos;
+    measured.push(`chaos: ${plan.map((f) => `${f.signal} rank ${f.rank} at step ${f.step}`).join(', ')}: ${((Date.now() - t0) / 1000).toFixed(1)} s for ${CHAOS_STEPS} steps`);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, new RegExp(`^trained ${CHAOS_STEPS} steps after 3 restarts, final loss`), `plan ${JSON.stringify(plan)}`);
+    // Every failure is named: the rank killed (or, for a stopped one, the rank that lost it).
+    const failures = r.stderr.split('\n').filter((l) => l.startsWith('[launcher] job train failed: '));
+    assert.equal(failures.length, 3, r.stderr);
+    for (const l of failures) assert.match(l, /rank [01] \(local\)/);
+    const got = loadCheckpoint(path.join(runDir, `ckpt-${CHAOS_STEPS}`));
+    const want = loadCheckpoint(path.join(refDir, `ckpt-${CHAOS_STEPS}`));
+    assert.ok(same(got.params.flat, want.params.flat), `parameters differ from the uninterrupted run (plan ${JSON.stringify(plan)})`);
+    assert.ok(same(got.opt.m, want.opt.m) && same(got.opt.v, want.opt.v), 'optimizer state differs');
+    assert.deepEqual(workerPids(port), []);
+  });
+
   it('gives up after K restarts with the last failure', async () => {
     const { file, port } = await specFile('give-up');
     const r = await train(['--config', file, '--run-dir', path.join(tmp, 'give-up'), '--max-restarts', '1'], { RINGATTN_FAULT: '1:forward:1:kill:*' });
