@@ -4,8 +4,10 @@
  * For 1-64 MiB blocks: raw zeromq PUSH/PULL one way (the ceiling), raw zeromq
  * with both processes sending and receiving at once (the ring's traffic
  * pattern), and ringattn's framed ring pass (header + zero-copy payload,
- * sequence checks, tagged inbox) on a ring of 2 processes. Then all-reduce
- * throughput on rings of 2 and 3. Prints a markdown table and a JSON line.
+ * sequence checks, tagged inbox) on a ring of 2 processes, over tcp and ipc,
+ * and with a bfloat16 wire (half the bytes; the conversions at both ends are
+ * timed, the rate counts float32 bytes). Then all-reduce throughput on rings
+ * of 2 and 3. Prints a markdown table and a JSON line.
  *
  *   node --import tsx scripts/bench-ring.ts [--reps 8] [--json]
  */
@@ -17,6 +19,7 @@ import * as zmq from 'zeromq';
 import { loadSumInto } from '../src/engine/addon.js';
 import { allReduceSum, barrier, ringPass } from '../src/ring/collectives.js';
 import { Ring } from '../src/ring/transport.js';
+import { fromWire, toWire, type WireFormat } from '../src/ring/wire.js';
 import { freePortRange } from '../test/helpers/ports.js';
 
 const SELF = fileURLToPath(import.meta.url);
@@ -42,7 +45,7 @@ function children(count: number, role: object): Promise<any[]> {
   );
 }
 
-async function child(role: { kind: string; index: number; port: number; bytes: number; reps: number; n: number; jobId: string }): Promise<unknown> {
+async function child(role: { kind: string; index: number; port: number; bytes: number; reps: number; n: number; jobId: string; transport?: 'tcp' | 'ipc'; wire?: WireFormat }): Promise<unknown> {
   const { index, port, bytes, reps } = role;
   const block = new Float32Array(bytes / 4).fill(index + 1);
   if (role.kind === 'raw-oneway' || role.kind === 'raw-both') {
@@ -72,7 +75,8 @@ async function child(role: { kind: string; index: number; port: number; bytes: n
     pull.close();
     return { ms };
   }
-  const peer = (r: number) => ({ rank: r, host: '127.0.0.1', endpoint: `tcp://127.0.0.1:${port + r}` });
+  const endpoint = (r: number) => (role.transport === 'ipc' ? `ipc:///tmp/ringattn-bench-${role.jobId}-${r}` : `tcp://127.0.0.1:${port + r}`);
+  const peer = (r: number) => ({ rank: r, host: '127.0.0.1', endpoint: endpoint(r) });
   const n = role.n;
   const ring = await Ring.open({
     rank: index, worldSize: n, jobId: role.jobId, bind: peer(index).endpoint, next: peer((index + 1) % n), prev: peer((index + n - 1) % n),
@@ -82,8 +86,13 @@ async function child(role: { kind: string; index: number; port: number; bytes: n
   let ms: number;
   if (role.kind === 'ring-pass') {
     const t0 = performance.now();
-    let held = block;
-    for (let i = 0; i < reps; i++) held = (await ringPass(ring, 'blk', [held]))[0].data as Float32Array;
+    // A 16-bit wire converts at both ends, as ring attention does: the time counts it.
+    const wire = role.wire && role.wire !== 'float32' ? role.wire : null;
+    let held: Float32Array = block;
+    for (let i = 0; i < reps; i++) {
+      const [got] = await ringPass(ring, 'blk', [wire ? toWire(held, wire) : held]);
+      held = wire ? fromWire(got) : (got.data as Float32Array);
+    }
     ms = performance.now() - t0;
   } else {
     // As training sums its gradients: in place, with the addon's additions unless RINGATTN_BENCH_JS_ADD is set (to compare).
@@ -111,9 +120,12 @@ async function main(): Promise<void> {
     const gbps = (ms: number) => (r * bytes) / (ms / 1000) / 1e9;
     const oneway = await children(2, { kind: 'raw-oneway', port: await freeBase(), bytes, reps: r });
     const both = await children(2, { kind: 'raw-both', port: await freeBase(), bytes, reps: r });
-    const ring = await children(2, { kind: 'ring-pass', port: await freeBase(), bytes, reps: r, n: 2, jobId: randomBytes(8).toString('hex') });
+    const pass = async (extra: object) => children(2, { kind: 'ring-pass', port: await freeBase(), bytes, reps: r, n: 2, jobId: randomBytes(8).toString('hex'), ...extra });
+    const ring = await pass({});
+    const ipc = await pass({ transport: 'ipc' });
+    const bf16 = await pass({ wire: 'bfloat16' });
     const maxMs = (xs: any[]) => Math.max(...xs.map((x) => x.ms));
-    rows.push({ mib, rawOneway: gbps(maxMs(oneway)), rawBoth: gbps(maxMs(both)), ringPass: gbps(maxMs(ring)) });
+    rows.push({ mib, rawOneway: gbps(maxMs(oneway)), rawBoth: gbps(maxMs(both)), ringPass: gbps(maxMs(ring)), ringIpc: gbps(maxMs(ipc)), ringBf16: gbps(maxMs(bf16)) });
   }
   const allReduce: Array<Record<string, number>> = [];
   for (const n of [2, 3]) {
@@ -128,9 +140,13 @@ async function main(): Promise<void> {
     return;
   }
   console.log(`machine: ${cpus().length} x ${cpus()[0]?.model}; loopback tcp; GB/s = 1e9 bytes/s per direction`);
-  console.log('| block | raw zmq one-way | raw zmq both ways | ringattn ring pass (ring of 2) | ring / raw both ways |');
-  console.log('| --- | --- | --- | --- | --- |');
-  for (const x of rows) console.log(`| ${x.mib} MiB | ${x.rawOneway.toFixed(2)} | ${x.rawBoth.toFixed(2)} | ${x.ringPass.toFixed(2)} | ${((100 * x.ringPass) / x.rawBoth).toFixed(0)}% |`);
+  console.log('| block (float32) | raw zmq one-way | raw zmq both ways | ring pass, tcp | ring / raw both ways | ring pass, ipc | ring pass, tcp, bfloat16 wire (float32 GB/s, conversions included) |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- |');
+  for (const x of rows) {
+    console.log(
+      `| ${x.mib} MiB | ${x.rawOneway.toFixed(2)} | ${x.rawBoth.toFixed(2)} | ${x.ringPass.toFixed(2)} | ${((100 * x.ringPass) / x.rawBoth).toFixed(0)}% | ${x.ringIpc.toFixed(2)} | ${x.ringBf16.toFixed(2)} |`,
+    );
+  }
   // The target compares the all-reduce's bus bandwidth with one ring hop of the same 64 MiB on the same machine.
   const hop64 = rows.find((x) => x.mib === 64)?.ringPass ?? NaN;
   console.log('\n| all-reduce (in place, pipelined in 1 MiB segments) | time | algorithm bandwidth | bus bandwidth | bus / 64 MiB ring pass |');
