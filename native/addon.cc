@@ -386,6 +386,87 @@ Napi::Value SumInto(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// The ring's 16-bit wire (src/ring/wire.ts holds the same rules in JavaScript, and the tests hold the two
+// to the same bits): float32 -> bfloat16 / float16 with round to nearest, ties to even; and back, exactly.
+static inline uint16_t bf16Bits(uint32_t u) {
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)(((u >> 16) & 0x8000u) | 0x7fc0u);
+  return (uint16_t)(((uint64_t)u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+static inline uint16_t f16Bits(uint32_t u) {
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const int exp = (int)((u >> 23) & 0xffu);
+  const uint32_t mant = u & 0x7fffffu;
+  if (exp == 0xff) return (uint16_t)(sign | 0x7c00u | (mant ? 0x200u : 0u));
+  const int e = exp - 127 + 15;
+  if (e >= 0x1f) return (uint16_t)(sign | 0x7c00u);
+  if (e <= 0) {
+    if (e < -10) return (uint16_t)sign;
+    const uint32_t m = mant | 0x800000u;
+    const int shift = 14 - e;
+    const uint32_t half = 1u << (shift - 1);
+    const uint32_t rest = m & ((1u << shift) - 1u);
+    uint32_t h = m >> shift;
+    if (rest > half || (rest == half && (h & 1u))) h++;
+    return (uint16_t)(sign | h);
+  }
+  uint32_t h = ((uint32_t)e << 10) | (mant >> 13);
+  const uint32_t rest = mant & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) h++;
+  return (uint16_t)(sign | h);
+}
+
+static inline uint32_t f16ToBits(uint16_t h) {
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  // JavaScript's NaN is stored as 0x7fc00000 whatever the half's sign and payload: so here too.
+  if (exp == 0x1f) return mant ? 0x7fc00000u : (sign | 0x7f800000u);
+  if (exp != 0) return sign | ((exp - 15 + 127) << 23) | (mant << 13);
+  if (mant == 0) return sign;
+  int e = -14;
+  while (!(mant & 0x400u)) {
+    mant <<= 1;
+    e--;
+  }
+  return sign | ((uint32_t)(e + 127) << 23) | ((mant & 0x3ffu) << 13);
+}
+
+// toWire(format, src: Float32Array, dst: Uint16Array) and fromWire(format, src: Uint16Array, dst: Float32Array),
+// format 0 = bfloat16, 1 = float16.
+Napi::Value WireConvert(const Napi::CallbackInfo& info, bool narrow) {
+  Napi::Env env = info.Env();
+  const napi_typedarray_type wide = napi_float32_array, half = napi_uint16_array;
+  if (info.Length() != 3 || !info[0].IsNumber() || !info[1].IsTypedArray() || !info[2].IsTypedArray() ||
+      info[1].As<Napi::TypedArray>().TypedArrayType() != (narrow ? wide : half) ||
+      info[2].As<Napi::TypedArray>().TypedArrayType() != (narrow ? half : wide)) {
+    Napi::TypeError::New(env, narrow ? "toWire(format, Float32Array, Uint16Array)" : "fromWire(format, Uint16Array, Float32Array)").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const int format = info[0].As<Napi::Number>().Int32Value();
+  Napi::TypedArray a = info[1].As<Napi::TypedArray>(), b = info[2].As<Napi::TypedArray>();
+  if (a.ElementLength() != b.ElementLength() || (format != 0 && format != 1)) {
+    Napi::RangeError::New(env, "wire conversion: arrays of different lengths, or an unknown format").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  const size_t n = a.ElementLength();
+  if (narrow) {
+    const uint32_t* src = reinterpret_cast<const uint32_t*>(a.As<Napi::Float32Array>().Data());
+    uint16_t* dst = b.As<Napi::Uint16Array>().Data();
+    if (format == 0) for (size_t i = 0; i < n; i++) dst[i] = bf16Bits(src[i]);
+    else for (size_t i = 0; i < n; i++) dst[i] = f16Bits(src[i]);
+  } else {
+    const uint16_t* src = a.As<Napi::Uint16Array>().Data();
+    uint32_t* dst = reinterpret_cast<uint32_t*>(b.As<Napi::Float32Array>().Data());
+    if (format == 0) for (size_t i = 0; i < n; i++) dst[i] = (uint32_t)src[i] << 16;
+    else for (size_t i = 0; i < n; i++) dst[i] = f16ToBits(src[i]);
+  }
+  return env.Undefined();
+}
+
+Napi::Value ToWire(const Napi::CallbackInfo& info) { return WireConvert(info, true); }
+Napi::Value FromWire(const Napi::CallbackInfo& info) { return WireConvert(info, false); }
+
 // Large blocks straight from the kernel and back (glibc only). The ring's KV
 // chunks are allocated by ZeroMQ's I/O thread and freed on the JS thread when
 // the collector finalizes them; by default glibc raises its mmap threshold to
@@ -409,6 +490,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("backward", Napi::Function::New(env, Backward, "backward"));
   exports.Set("isas", Napi::Function::New(env, Isas, "isas"));
   exports.Set("sumInto", Napi::Function::New(env, SumInto, "sumInto"));
+  exports.Set("toWire", Napi::Function::New(env, ToWire, "toWire"));
+  exports.Set("fromWire", Napi::Function::New(env, FromWire, "fromWire"));
   addGemmExports(env, exports);
   addEngineExports(env, exports);
   return exports;

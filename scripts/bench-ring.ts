@@ -16,7 +16,7 @@ import { randomBytes } from 'node:crypto';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import * as zmq from 'zeromq';
-import { loadSumInto } from '../src/engine/addon.js';
+import { loadSumInto, loadWireNative } from '../src/engine/addon.js';
 import { allReduceSum, barrier, ringPass } from '../src/ring/collectives.js';
 import { Ring } from '../src/ring/transport.js';
 import { fromWire, toWire, type WireFormat } from '../src/ring/wire.js';
@@ -88,10 +88,12 @@ async function child(role: { kind: string; index: number; port: number; bytes: n
     const t0 = performance.now();
     // A 16-bit wire converts at both ends, as ring attention does: the time counts it.
     const wire = role.wire && role.wire !== 'float32' ? role.wire : null;
+    // The addon's conversions, as ring attention uses them, unless RINGATTN_BENCH_JS_WIRE asks for JavaScript's.
+    const native = process.env.RINGATTN_BENCH_JS_WIRE ? null : loadWireNative();
     let held: Float32Array = block;
     for (let i = 0; i < reps; i++) {
-      const [got] = await ringPass(ring, 'blk', [wire ? toWire(held, wire) : held]);
-      held = wire ? fromWire(got) : (got.data as Float32Array);
+      const [got] = await ringPass(ring, 'blk', [wire ? toWire(held, wire, native) : held]);
+      held = wire ? fromWire(got, native) : (got.data as Float32Array);
     }
     ms = performance.now() - t0;
   } else {

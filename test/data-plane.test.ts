@@ -5,6 +5,7 @@ import { newRingStepStats, ringAttentionBackward, ringAttentionForward } from '.
 import { loadKernel } from '../src/kernels/index.js';
 import type { AttentionKernel } from '../src/kernels/types.js';
 import { dtypeOf, FrameError } from '../src/ring/frame.js';
+import { loadWireNative } from '../src/engine/addon.js';
 import { fromWire, roundTrip, toWire, type WireFormat } from '../src/ring/wire.js';
 import { selectBackend } from '../src/tensor/backend.js';
 import { randn } from '../src/tensor/random.js';
@@ -213,5 +214,30 @@ describe('a peer sending what this rank never receives', () => {
       await closeAll(rings);
     }
     assert.equal(failures.length, 1);
+  });
+});
+
+describe("the addon's wire conversions", () => {
+  it('give the bits of the JavaScript ones: every 16-bit pattern back to float32, and 1M float32 patterns (edges and random) to each format', (t) => {
+    const native = loadWireNative();
+    if (!native) return t.skip('the native addon is not built here');
+    const every = new Uint16Array(65536).map((_, i) => i);
+    for (const format of ['bfloat16', 'float16'] as const) {
+      const wide = { data: every, shape: [every.length], dtype: format };
+      assert.deepEqual(new Uint32Array(fromWire(wide, native).buffer), new Uint32Array(fromWire(wide).buffer), `${format} widening`);
+    }
+    const bits = new Uint32Array(1 << 20);
+    let x = 12345;
+    for (let i = 0; i < bits.length; i++) {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+      bits[i] = x;
+    }
+    // Edges: zeros, subnormals, the largest finite values, infinities, NaNs, and ties at both formats' rounding points.
+    const edges = [0, 0x80000000, 1, 0x807fffff, 0x7f7fffff, 0xff7fffff, 0x7f800000, 0xff800000, 0x7fc00000, 0xffc00001, 0x7f800001, 0x3f808000, 0x3f818000, 0x3f801000, 0x3f803000, 0x477fe000, 0x477ff000, 0x38800000, 0x33800000, 0x33000000, 0x337fffff];
+    bits.set(edges);
+    const values = new Float32Array(bits.buffer);
+    for (const format of ['bfloat16', 'float16'] as const) {
+      assert.deepEqual(toWire(values, format, native).data, toWire(values, format).data, `${format} rounding`);
+    }
   });
 });

@@ -1,3 +1,4 @@
+import { loadWireNative } from '../engine/addon.js';
 import { isFullyMasked } from '../kernels/mask.js';
 import { emptyPartial, mergePartial, rowDelta } from '../kernels/merge.js';
 import type { AttentionDims, AttentionKernel, BlockArgs, BlockPartial } from '../kernels/types.js';
@@ -97,16 +98,19 @@ function blockArgs(cfg: RingAttentionConfig, q: Float32Array, qPos: Int32Array, 
   };
 }
 
+// The addon's conversions when it is built: in JavaScript they cost more than the halved bytes save on loopback.
+const wireNative = loadWireNative();
+
 function kvPayload(cfg: RingConfig, kv: Pick<KVBlock, 'k' | 'v' | 'seg' | 'wire'>): Tensor[] {
   if (kv.wire) return kv.wire;
   const format = cfg.wire ?? 'float32';
-  const out = [toWire(kv.k, format), toWire(kv.v, format)];
+  const out = [toWire(kv.k, format, wireNative), toWire(kv.v, format, wireNative)];
   return kv.seg ? [...out, { data: kv.seg, shape: [kv.seg.length] }] : out;
 }
 
 function kvFromMessage(m: Message, owner: number): KVBlock {
   const [k, v, seg] = m.tensors;
-  return { owner, k: fromWire(k), v: fromWire(v), seg: seg?.data as Int32Array | undefined, wire: m.tensors };
+  return { owner, k: fromWire(k, wireNative), v: fromWire(v, wireNative), seg: seg?.data as Int32Array | undefined, wire: m.tensors };
 }
 
 /** Starts moving a KV block one hop: send its payload to the successor, receive the predecessor's block. */
@@ -323,8 +327,8 @@ class EngineRing {
     const k = slice(this.slots[slot].k, 0, w);
     const v = slice(this.slots[slot].v, 0, w);
     const [mk, mv, seg] = m.tensors;
-    this.engine.write(k, fromWire(mk));
-    this.engine.write(v, fromWire(mv));
+    this.engine.write(k, fromWire(mk, wireNative));
+    this.engine.write(v, fromWire(mv, wireNative));
     return { k, v, seg: seg?.data as Int32Array | undefined, payload: m.tensors };
   }
 
