@@ -92,8 +92,10 @@ interface ShardMeta extends AttnShape {
 async function deviceEngine(spec: ClusterSpec, rank: number): Promise<Engine | null> {
   if (spec.backend !== 'webgpu') {
     if (spec.backend !== 'auto' || spec.engine !== 'auto') return null;
-    const { listAdapters, webgpuUnavailable } = await import('../engine/webgpu/device.js');
-    if (webgpuUnavailable() || !(await listAdapters()).some((a) => !a.software)) return null;
+    // auto's own rule (engine/index.ts), without loading Dawn here for a CPU run.
+    const { autoAdapter } = await import('../engine/webgpu/device.js');
+    const gpu = slotGpu(spec, rank);
+    if (typeof (await autoAdapter(gpu.want, gpu.slot)) === 'string') return null;
   }
   const { engine } = await loadEngine('auto', { threads: workerThreads(spec, rank), backend: spec.backend, gpu: slotGpu(spec, rank) });
   return engine.attention ? engine : null;

@@ -146,6 +146,17 @@ async function timed<T>(cfg: RingConfig, name: string, step: number, owner: numb
   return value;
 }
 
+/**
+ * The dK/dV accumulator that arrived for the block we hold, with our share added: what travels on.
+ * pk + dk is dk + pk bit for bit: the sum is the one the share-then-add order always made.
+ */
+async function accumulate(cfg: RingConfig, incoming: Promise<Tensor[]>, dk: Float32Array, dv: Float32Array): Promise<{ dk: Float32Array; dv: Float32Array }> {
+  const [pk, pv] = (await waitFor(cfg, 'wait dkv', incoming)).map((x) => x.data as Float32Array);
+  for (let i = 0; i < pk.length; i++) pk[i] += dk[i];
+  for (let i = 0; i < pv.length; i++) pv[i] += dv[i];
+  return { dk: pk, dv: pv };
+}
+
 /** Output and lse of this rank's query block against the whole sequence. */
 export async function ringAttentionForward(cfg: RingAttentionConfig, q: Float32Array, k: Float32Array, v: Float32Array): Promise<BlockPartial> {
   const { rank, n } = ringShape(cfg);
@@ -221,14 +232,7 @@ export async function ringAttentionBackward(
     } else {
       await timed(cfg, 'attention bwd', t, kv.owner, () => cfg.kernel.backward(args, grad, { dq, dk, dv }));
     }
-    if (incoming) {
-      const [pk, pv] = (await waitFor(cfg, 'wait dkv', incoming)).map((x) => x.data as Float32Array);
-      // pk + dk is dk + pk bit for bit: the sum is the one the share-then-add order always made.
-      for (let i = 0; i < pk.length; i++) pk[i] += dk[i];
-      for (let i = 0; i < pv.length; i++) pv[i] += dv[i];
-      dk = pk;
-      dv = pv;
-    }
+    if (incoming) ({ dk, dv } = await accumulate(cfg, incoming, dk, dv));
     if (n === 1) return { dq, dk, dv };
     // After the last step the block we hold belongs to our successor: this send is its trip home.
     const sentD = ring!.send(last ? 'dkv-home' : 'dkv', [dk, dv]);
@@ -332,6 +336,29 @@ class EngineRing {
     return { k, v, seg: seg?.data as Int32Array | undefined, payload: m.tensors };
   }
 
+  /** One ring step's compute on the block we hold (skipped, and counted so, when the mask leaves nothing), timed with the flush. */
+  private async attend(name: string, step: number, kv: { owner: number; seg?: Int32Array }, qLen: number, record: (s: AttentionShape, m: AttentionMask) => void): Promise<void> {
+    const cfg = this.cfg;
+    if (cfg.stats) cfg.stats.steps++;
+    if (this.skip(kv.owner, kv.seg)) {
+      if (cfg.stats) cfg.stats.skippedSteps++;
+      return;
+    }
+    const s = this.shape(qLen, cfg.positionsOf(kv.owner).length);
+    const m = this.mask(kv.owner, step % 2, kv.seg, qLen);
+    await timed(cfg, name, step, kv.owner, async () => {
+      record(s, m);
+      await this.engine.flush();
+    });
+  }
+
+  /** The next block of a pass, into the device slot of step + 1; its payload goes on as it came. */
+  private async receive(p: ReturnType<typeof startPass>, step: number, owner: number) {
+    const got = this.upload(await waitFor(this.cfg, 'wait kv', p.received), (step + 1) % 2, this.cfg.positionsOf(owner).length);
+    await p.sent;
+    return { kv: { owner, k: got.k, v: got.v, seg: got.seg }, payload: Promise.resolve(got.payload) };
+  }
+
   async forward(t: AttentionTensors): Promise<void> {
     const cfg = this.cfg;
     const { rank, n } = ringShape(cfg);
@@ -343,24 +370,11 @@ class EngineRing {
     for (let step = 0; step < n; step++) {
       const last = step === n - 1;
       const nextOwner = mod(rank - step - 1, n);
-      let pass = !last && cfg.overlap ? startPass(cfg, 'kv', await payload, nextOwner) : null;
-      if (cfg.stats) cfg.stats.steps++;
-      if (this.skip(kv.owner, kv.seg)) {
-        if (cfg.stats) cfg.stats.skippedSteps++;
-      } else {
-        const s = this.shape(qLen, cfg.positionsOf(kv.owner).length);
-        const m = this.mask(kv.owner, step % 2, kv.seg, qLen);
-        await timed(cfg, 'attention fwd', step, kv.owner, async () => {
-          this.att.forward(s, m, t.q, kv.k, kv.v, t.o, t.lse);
-          await this.engine.flush();
-        });
-      }
+      const pass = !last && cfg.overlap ? startPass(cfg, 'kv', await payload, nextOwner) : null;
+      const held = kv;
+      await this.attend('attention fwd', step, held, qLen, (s, m) => this.att.forward(s, m, t.q, held.k, held.v, t.o, t.lse));
       if (last) break;
-      const p = (pass ??= startPass(cfg, 'kv', await payload, nextOwner));
-      const got = this.upload(await waitFor(cfg, 'wait kv', p.received), (step + 1) % 2, cfg.positionsOf(nextOwner).length);
-      kv = { owner: nextOwner, k: got.k, v: got.v, seg: got.seg };
-      payload = Promise.resolve(got.payload);
-      await p.sent;
+      ({ kv, payload } = await this.receive(pass ?? startPass(cfg, 'kv', await payload, nextOwner), step, nextOwner));
     }
   }
 
@@ -383,34 +397,20 @@ class EngineRing {
       const pass = !last && cfg.overlap ? startPass(cfg, 'bkv', await payload, nextOwner) : null;
       const incoming = step > 0 ? ring!.recv('dkv') : null;
       incoming?.catch(() => undefined);
-      const kvLen = cfg.positionsOf(kv.owner).length;
-      const w = kvLen * cfg.kvHeads * cfg.headDim;
+      const w = cfg.positionsOf(kv.owner).length * cfg.kvHeads * cfg.headDim;
       // A ring of one adds straight into the model's dk, dv; otherwise our share goes to the host.
       const share = n === 1 ? { dk: g.dk, dv: g.dv } : { dk: slice(this.share!.dk, 0, w), dv: slice(this.share!.dv, 0, w) };
       e.zero(share.dk);
       e.zero(share.dv);
-      if (cfg.stats) cfg.stats.steps++;
-      if (this.skip(kv.owner, kv.seg)) {
-        if (cfg.stats) cfg.stats.skippedSteps++;
-      } else {
-        const s = this.shape(qLen, kvLen);
-        const m = this.mask(kv.owner, step % 2, kv.seg, qLen);
-        await timed(cfg, 'attention bwd', step, kv.owner, async () => {
-          this.att.backward(s, m, { ...grads, k: kv.k, v: kv.v }, { dq: g.dq, dk: share.dk, dv: share.dv });
-          await e.flush();
-        });
-      }
+      const held = kv;
+      await this.attend('attention bwd', step, held, qLen, (s, m) =>
+        this.att.backward(s, m, { ...grads, k: held.k, v: held.v }, { dq: g.dq, dk: share.dk, dv: share.dv }),
+      );
       if (n === 1) return;
       // The share is read into fresh arrays: they are what travels on.
       let dk: Float32Array = Float32Array.from(await e.read(share.dk));
       let dv: Float32Array = Float32Array.from(await e.read(share.dv));
-      if (incoming) {
-        const [pk, pv] = (await waitFor(cfg, 'wait dkv', incoming)).map((x) => x.data as Float32Array);
-        for (let i = 0; i < pk.length; i++) pk[i] += dk[i];
-        for (let i = 0; i < pv.length; i++) pv[i] += dv[i];
-        dk = pk;
-        dv = pv;
-      }
+      if (incoming) ({ dk, dv } = await accumulate(cfg, incoming, dk, dv));
       const sentD = ring!.send(last ? 'dkv-home' : 'dkv', [dk, dv]);
       sentD.catch(() => undefined);
       if (cfg.stats) cfg.stats.bytesSent += dk.byteLength + dv.byteLength;
@@ -422,11 +422,7 @@ class EngineRing {
         await e.flush();
         return;
       }
-      const p = pass ?? startPass(cfg, 'bkv', await payload, nextOwner);
-      const got = this.upload(await waitFor(cfg, 'wait kv', p.received), (step + 1) % 2, cfg.positionsOf(nextOwner).length);
-      kv = { owner: nextOwner, k: got.k, v: got.v, seg: got.seg };
-      payload = Promise.resolve(got.payload);
-      await p.sent;
+      ({ kv, payload } = await this.receive(pass ?? startPass(cfg, 'bkv', await payload, nextOwner), step, nextOwner));
     }
   }
 }
@@ -437,30 +433,27 @@ class EngineRing {
  * host arrays with the config's kernel.
  */
 export function ringAttentionOp(cfg: RingConfig & { kernel?: AttentionKernel }): AttentionOp {
-  const onEngine = new WeakMap<Engine, EngineRing>();
   const host = cfg.kernel
     ? onHostArrays({
         forward: (q, k, v) => ringAttentionForward(cfg as RingAttentionConfig, q, k, v),
         backward: (saved, dO) => ringAttentionBackward(cfg as RingAttentionConfig, saved, dO),
       })
     : null;
-  const pick = (engine: Engine): AttentionOp | EngineRing => {
-    if (engine.attention) {
-      let r = onEngine.get(engine);
-      if (!r) onEngine.set(engine, (r = new EngineRing(cfg, engine)));
-      return r;
+  const onEngine = new WeakMap<Engine, AttentionOp>();
+  const pick = (engine: Engine): AttentionOp => {
+    if (!engine.attention) {
+      if (!host) throw new Error(`ring attention: engine ${engine.name} has no attention of its own and no kernel was given`);
+      return host;
     }
-    if (!host) throw new Error(`ring attention: engine ${engine.name} has no attention of its own and no kernel was given`);
-    return host;
+    let op = onEngine.get(engine);
+    if (!op) {
+      const r = new EngineRing(cfg, engine);
+      onEngine.set(engine, (op = { forward: (_, t) => r.forward(t), backward: (_, saved, dO, g) => r.backward(saved, dO, g) }));
+    }
+    return op;
   };
   return {
-    forward: (engine, t) => {
-      const p = pick(engine);
-      return p instanceof EngineRing ? p.forward(t) : p.forward(engine, t);
-    },
-    backward: (engine, saved, dO, g) => {
-      const p = pick(engine);
-      return p instanceof EngineRing ? p.backward(saved, dO, g) : p.backward(engine, saved, dO, g);
-    },
+    forward: (engine, t) => pick(engine).forward(engine, t),
+    backward: (engine, saved, dO, g) => pick(engine).backward(engine, saved, dO, g),
   };
 }

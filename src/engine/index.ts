@@ -49,17 +49,15 @@ export async function loadEngine(name: EngineName, opts: EngineOptions): Promise
     return webgpuEngine(opts, true, 'requested');
   }
   if (backend === 'auto' && name === 'auto') {
-    const { adapterFor, probeAdapters } = await import('./webgpu/device.js');
-    const adapters = await probeAdapters();
-    const pick = adapters ? adapterFor(adapters, opts.gpu?.want, opts.gpu?.slot ?? 0, false) : 'the adapter probe did not run';
+    const { autoAdapter } = await import('./webgpu/device.js');
+    const pick = await autoAdapter(opts.gpu?.want, opts.gpu?.slot ?? 0);
     if (typeof pick === 'string') {
-      // The install hint belongs to an explicit webgpu request, not to a log line of auto's.
-      skips.push(`webgpu skipped: ${pick.replace(/; install a Vulkan driver .*$/, '')}`);
+      skips.push(`webgpu skipped: ${pick}`);
     } else {
       try {
         return await webgpuEngine(opts, false, 'auto: a hardware adapter');
       } catch (e) {
-        skips.push(`webgpu skipped: ${(e as Error).message.replace(/^backend auto: /, '').replace(/; install a Vulkan driver .*$/, '')}`);
+        skips.push(`webgpu skipped: ${(e as Error).message.replace(/^backend auto: /, '')}`);
       }
     }
     try {
@@ -108,7 +106,7 @@ export async function loadEngine(name: EngineName, opts: EngineOptions): Promise
 async function webgpuEngine(opts: EngineOptions, allowSoftware: boolean, why: string): Promise<LoadedEngine> {
   const { openGpu } = await import('./webgpu/device.js');
   const { createWebGPUEngine } = await import('./webgpu/engine.js');
-  const gpu = await openGpu(opts.gpu?.want, { allowSoftware, slot: opts.gpu?.slot, what: `backend ${allowSoftware ? 'webgpu' : 'auto'}` });
+  const gpu = await openGpu(opts.gpu?.want, { allowSoftware, slot: opts.gpu?.slot, what: `backend ${allowSoftware ? 'webgpu' : 'auto'}`, hint: allowSoftware });
   const opened = createWebGPUEngine(gpu);
   // The engine owns the device here: its dispose closes it.
   const engine: Engine = {

@@ -68,6 +68,18 @@ export interface DoctorReport {
 
 const MiB = 1 << 20;
 
+/** GFLOP/s of `run`, which does `flops` of work per call: one warm-up call, then calls for `ms` (at least two). */
+async function rate(flops: number, run: () => Promise<void>, ms = 500): Promise<number> {
+  await run();
+  const t0 = performance.now();
+  let reps = 0;
+  while (performance.now() - t0 < ms || reps < 2) {
+    await run();
+    reps++;
+  }
+  return (flops * reps) / ((performance.now() - t0) / 1000) / 1e9;
+}
+
 async function kernelRate(kernelName: KernelName, threads: number): Promise<{ name: string; reason: string; gflops: number }> {
   const { kernel, reason } = await loadKernel(kernelName, { tileQ: 128, tileKV: 128, threads });
   const [n, heads, d] = kernel.name === 'native' ? [1024, 4, 64] : [256, 2, 64];
@@ -76,15 +88,7 @@ async function kernelRate(kernelName: KernelName, threads: number): Promise<{ na
   const v = randn(n * heads * d, 3);
   const pos = Int32Array.from({ length: n }, (_, i) => i);
   const args = { heads, kvHeads: heads, headDim: d, qLen: n, kvLen: n, q, k, v, qPos: pos, kvPos: pos, causal: false, scale: 1 / Math.sqrt(d) };
-  await kernel.forward(args);
-  const t0 = performance.now();
-  let reps = 0;
-  while (performance.now() - t0 < 1000) {
-    await kernel.forward(args);
-    reps++;
-  }
-  const s = (performance.now() - t0) / 1000;
-  return { name: kernel.name, reason, gflops: (4 * n * n * d * heads * reps) / s / 1e9 };
+  return { name: kernel.name, reason, gflops: await rate(4 * n * n * d * heads, () => kernel.forward(args).then(() => undefined), 1000) };
 }
 
 /**
@@ -100,18 +104,6 @@ async function runtimeRss(spec: ClusterSpec, rank: number, threads: number): Pro
   const rss = process.memoryUsage().rss;
   engine.dispose();
   return rss;
-}
-
-/** Best-of-a-second rate of `run`, which does `flops` of work per call. */
-async function rate(flops: number, run: () => Promise<void>): Promise<number> {
-  await run();
-  const t0 = performance.now();
-  let reps = 0;
-  while (performance.now() - t0 < 500 || reps < 2) {
-    await run();
-    reps++;
-  }
-  return (flops * reps) / ((performance.now() - t0) / 1000) / 1e9;
 }
 
 /** Dawn's adapters; with `measure`, each one opened and timed on a matmul and on attention (small sizes on a software adapter). */

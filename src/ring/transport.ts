@@ -291,7 +291,7 @@ export class Ring {
         throw new RingError(`rank ${this.rank}: a "${tag}" payload of ${t.data.byteLength} bytes exceeds ring.maxMessageBytes (${this.opts.maxMessageBytes}); raise it in the spec`);
       }
     }
-    const bytes = tensors.reduce((a, t) => a + t.data.byteLength, 0);
+    const bytes = bytesOf(tensors);
     const header = (part: FramePart, described: Tensor[]) =>
       encodeHeader({ jobId: this.opts.jobId, part, seq: this.sendSeq++, srcRank: this.rank, tag, tensors: described.map((t) => ({ dtype: tensorDType(t), shape: t.shape })) });
     // Sequence numbers are taken now, in call order; the frames go out in the same order.
@@ -332,7 +332,7 @@ export class Ring {
     const queued = this.inbox.get(tag);
     if (queued && queued.length > 0) {
       const m = queued.shift()!;
-      this.queuedBytes -= bytesOf(m);
+      this.queuedBytes -= bytesOf(m.tensors);
       return Promise.resolve(m);
     }
     const started = performance.now();
@@ -435,7 +435,7 @@ export class Ring {
     const tensors = this.assemble(h, frames);
     if (!tensors) return;
     this.stats.messagesReceived++;
-    this.stats.bytesReceived += tensors.reduce((a, t) => a + t.data.byteLength, 0);
+    this.stats.bytesReceived += bytesOf(tensors);
     const message = { tensors, arrivedAt: performance.now() };
     this.file(h.tag, message);
   }
@@ -493,7 +493,7 @@ export class Ring {
     const list = this.inbox.get(tag) ?? [];
     list.push(message);
     this.inbox.set(tag, list);
-    this.queuedBytes += bytesOf(message);
+    this.queuedBytes += bytesOf(message.tensors);
     const max = this.opts.maxQueuedBytes ?? 4 * this.opts.maxMessageBytes;
     if (this.queuedBytes > max) {
       const piling = [...this.inbox].filter(([, l]) => l.length > 0).map(([t, l]) => `"${t}" x${l.length}`).join(', ');
@@ -549,7 +549,7 @@ export class Ring {
 /** Payload bytes per chunk of a large message. */
 export const CHUNK_BYTES = 4 << 20;
 
-const bytesOf = (m: Message): number => m.tensors.reduce((a, t) => a + t.data.byteLength, 0);
+const bytesOf = (tensors: Tensor[]): number => tensors.reduce((a, t) => a + t.data.byteLength, 0);
 
 /** Zero-copy byte views of the tensors' payloads, cut into chunks of at most CHUNK_BYTES. */
 function chunksOf(tensors: Tensor[]): Uint8Array[] {

@@ -154,10 +154,18 @@ export async function probeAdapters(env: NodeJS.ProcessEnv = process.env): Promi
   return listAdaptersQuietly();
 }
 
+/** The hardware adapter `backend: auto` would take for a slot (by the launcher's list or a child's probe), or why there is none. */
+export async function autoAdapter(want: AdapterWant, slot: number): Promise<AdapterInfo | string> {
+  const adapters = await probeAdapters();
+  return adapters ? adapterFor(adapters, want, slot, false, false) : 'the adapter probe did not run';
+}
+
 /** Which of `adapters` a slot would open (the rule of openGpu), or why none; the same words as openGpu's errors. */
-export function adapterFor(adapters: AdapterInfo[], want: AdapterWant, slot: number, allowSoftware: boolean): AdapterInfo | string {
+export function adapterFor(adapters: AdapterInfo[], want: AdapterWant, slot: number, allowSoftware: boolean, hint = true): AdapterInfo | string {
+  // The install hint belongs to an explicit request for webgpu, not to a log line of auto's.
+  const driver = hint ? `; ${INSTALL_HINT}` : '';
   const looked = want === undefined ? 'any WebGPU adapter' : typeof want === 'number' ? `WebGPU adapter ${want}` : `the WebGPU adapter named '${want}'`;
-  if (adapters.length === 0) return `no WebGPU adapter found (looked for ${looked}); ${INSTALL_HINT}`;
+  if (adapters.length === 0) return `no WebGPU adapter found (looked for ${looked})${driver}`;
   const listed = adapters.map((a) => `${a.index}: ${a.name}`).join('; ');
   let pick: AdapterInfo | undefined;
   if (typeof want === 'number') pick = adapters[want];
@@ -169,7 +177,7 @@ export function adapterFor(adapters: AdapterInfo[], want: AdapterWant, slot: num
     pick = pool[slot % pool.length];
   }
   if (!pick) return `${looked} not found (adapters here: ${listed})`;
-  if (pick.software && !allowSoftware) return `only a software adapter is here (${pick.name}); ${INSTALL_HINT}`;
+  if (pick.software && !allowSoftware) return `only a software adapter is here (${pick.name})${driver}`;
   return pick;
 }
 
@@ -190,15 +198,16 @@ const LIMITS = [
  * looked for and how to get a driver when there is none: asking for webgpu
  * never falls back to the CPU.
  */
-export async function openGpu(want: AdapterWant, opts: { allowSoftware: boolean; what?: string; slot?: number }): Promise<OpenedGpu> {
+export async function openGpu(want: AdapterWant, opts: { allowSoftware: boolean; what?: string; slot?: number; hint?: boolean }): Promise<OpenedGpu> {
   const d = loadDawn();
   const what = opts.what ?? 'backend webgpu';
   if (!d) throw new UserError(`${what}: ${dawnMissing}`);
-  const pick = adapterFor(await listAdapters(), want, opts.slot ?? 0, opts.allowSoftware);
+  const hint = opts.hint ?? true;
+  const pick = adapterFor(await listAdapters(), want, opts.slot ?? 0, opts.allowSoftware, hint);
   if (typeof pick === 'string') throw new UserError(`${what}: ${pick}`);
   const instance = createInstance(d, [`adapter=${pick.name}`]);
   const adapter = await instance.requestAdapter({ powerPreference: 'high-performance' });
-  if (!adapter) throw new UserError(`${what}: Dawn listed ${pick.name} but gave no adapter for it; ${INSTALL_HINT}`);
+  if (!adapter) throw new UserError(`${what}: Dawn listed ${pick.name} but gave no adapter for it${hint ? `; ${INSTALL_HINT}` : ''}`);
   const requiredLimits: Record<string, number> = {};
   for (const k of LIMITS) requiredLimits[k] = adapter.limits[k];
   const device = await adapter.requestDevice({ requiredLimits });
