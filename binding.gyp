@@ -19,7 +19,7 @@
     },
     {
       'target_name': 'ringattn_native',
-      'sources': ['native/addon.cc', 'native/gemm.cc', 'native/gemm_napi.cc', 'native/engine.cc'],
+      'sources': ['native/addon.cc', 'native/gemm.cc', 'native/gemm_napi.cc', 'native/engine.cc', 'native/shm.cc'],
       'dependencies': [
         "<!(node -p \"require('node-addon-api').targets\"):node_addon_api_except",
         'ringattn_attn_portable',

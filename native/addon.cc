@@ -28,6 +28,8 @@ namespace ringattn {
 
 // native/engine.cc
 void addEngineExports(Napi::Env env, Napi::Object exports);
+// native/shm.cc
+void addShmExports(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -494,6 +496,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("fromWire", Napi::Function::New(env, FromWire, "fromWire"));
   addGemmExports(env, exports);
   addEngineExports(env, exports);
+  addShmExports(env, exports);
   return exports;
 }
 

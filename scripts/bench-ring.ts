@@ -4,10 +4,11 @@
  * For 1-64 MiB blocks: raw zeromq PUSH/PULL one way (the ceiling), raw zeromq
  * with both processes sending and receiving at once (the ring's traffic
  * pattern), and ringattn's framed ring pass (header + zero-copy payload,
- * sequence checks, tagged inbox) on a ring of 2 processes, over tcp and ipc,
- * and with a bfloat16 wire (half the bytes; the conversions at both ends are
+ * sequence checks, tagged inbox) on a ring of 2 processes, over tcp, ipc and
+ * the same-host shared-memory channel (ipc carrying only descriptors), and
+ * with a bfloat16 wire (half the bytes; the conversions at both ends are
  * timed, the rate counts float32 bytes). Then all-reduce throughput on rings
- * of 2 and 3. Prints a markdown table and a JSON line.
+ * of 2 and 3, over tcp and shm. Prints a markdown table and a JSON line.
  *
  *   node --import tsx scripts/bench-ring.ts [--reps 8] [--json]
  */
@@ -19,6 +20,7 @@ import * as zmq from 'zeromq';
 import { loadSumInto, loadWireNative } from '../src/engine/addon.js';
 import { allReduceSum, barrier, ringPass } from '../src/ring/collectives.js';
 import { Ring } from '../src/ring/transport.js';
+import { shmPath, ShmWriter } from '../src/ring/shm.js';
 import { fromWire, toWire, type WireFormat } from '../src/ring/wire.js';
 import { freePortRange } from '../test/helpers/ports.js';
 
@@ -45,7 +47,7 @@ function children(count: number, role: object): Promise<any[]> {
   );
 }
 
-async function child(role: { kind: string; index: number; port: number; bytes: number; reps: number; n: number; jobId: string; transport?: 'tcp' | 'ipc'; wire?: WireFormat }): Promise<unknown> {
+async function child(role: { kind: string; index: number; port: number; bytes: number; reps: number; n: number; jobId: string; transport?: 'tcp' | 'ipc' | 'shm'; wire?: WireFormat }): Promise<unknown> {
   const { index, port, bytes, reps } = role;
   const block = new Float32Array(bytes / 4).fill(index + 1);
   if (role.kind === 'raw-oneway' || role.kind === 'raw-both') {
@@ -75,12 +77,16 @@ async function child(role: { kind: string; index: number; port: number; bytes: n
     pull.close();
     return { ms };
   }
-  const endpoint = (r: number) => (role.transport === 'ipc' ? `ipc:///tmp/ringattn-bench-${role.jobId}-${r}` : `tcp://127.0.0.1:${port + r}`);
+  const endpoint = (r: number) => (role.transport === 'ipc' || role.transport === 'shm' ? `ipc:///tmp/ringattn-bench-${role.jobId}-${r}` : `tcp://127.0.0.1:${port + r}`);
   const peer = (r: number) => ({ rank: r, host: '127.0.0.1', endpoint: endpoint(r) });
   const n = role.n;
+  // As a worker sizes it by default (ring.shmBytes), and at least two blocks in flight.
+  const shm = role.transport === 'shm';
   const ring = await Ring.open({
     rank: index, worldSize: n, jobId: role.jobId, bind: peer(index).endpoint, next: peer((index + 1) % n), prev: peer((index + n - 1) % n),
     opTimeoutMs: 60000, connectTimeoutMs: 10000, heartbeatIntervalMs: 500, heartbeatTimeoutMs: 3000, maxMessageBytes: 1 << 30,
+    shmSend: shm ? ShmWriter.create(shmPath(role.jobId, index), Math.max(128 * MiB, 2 * bytes + MiB)) : undefined,
+    shmRecv: shm ? shmPath(role.jobId, (index + n - 1) % n) : undefined,
   });
   await barrier(ring);
   let ms: number;
@@ -125,35 +131,43 @@ async function main(): Promise<void> {
     const pass = async (extra: object) => children(2, { kind: 'ring-pass', port: await freeBase(), bytes, reps: r, n: 2, jobId: randomBytes(8).toString('hex'), ...extra });
     const ring = await pass({});
     const ipc = await pass({ transport: 'ipc' });
+    const shm = await pass({ transport: 'shm' });
     const bf16 = await pass({ wire: 'bfloat16' });
     const maxMs = (xs: any[]) => Math.max(...xs.map((x) => x.ms));
-    rows.push({ mib, rawOneway: gbps(maxMs(oneway)), rawBoth: gbps(maxMs(both)), ringPass: gbps(maxMs(ring)), ringIpc: gbps(maxMs(ipc)), ringBf16: gbps(maxMs(bf16)) });
+    rows.push({ mib, rawOneway: gbps(maxMs(oneway)), rawBoth: gbps(maxMs(both)), ringPass: gbps(maxMs(ring)), ringIpc: gbps(maxMs(ipc)), ringShm: gbps(maxMs(shm)), ringBf16: gbps(maxMs(bf16)) });
   }
-  const allReduce: Array<Record<string, number>> = [];
-  for (const n of [2, 3]) {
-    const bytes = 64 * MiB;
-    const r = 3;
-    const res = await children(n, { kind: 'allreduce', port: await freeBase(), bytes, reps: r, n, jobId: randomBytes(8).toString('hex') });
-    const ms = Math.max(...res.map((x) => x.ms)) / r;
-    allReduce.push({ n, mib: 64, ms, algGBps: bytes / (ms / 1000) / 1e9, busGBps: ((2 * (n - 1)) / n) * bytes / (ms / 1000) / 1e9 });
+  const allReduce: Array<Record<string, number | string>> = [];
+  for (const transport of ['tcp', 'shm'] as const) {
+    for (const n of [2, 3]) {
+      const bytes = 64 * MiB;
+      const r = 3;
+      const res = await children(n, { kind: 'allreduce', port: await freeBase(), bytes, reps: r, n, jobId: randomBytes(8).toString('hex'), transport });
+      const ms = Math.max(...res.map((x) => x.ms)) / r;
+      allReduce.push({ transport, n, mib: 64, ms, algGBps: bytes / (ms / 1000) / 1e9, busGBps: ((2 * (n - 1)) / n) * bytes / (ms / 1000) / 1e9 });
+    }
   }
   if (process.argv.includes('--json')) {
     process.stdout.write(`${JSON.stringify({ cpus: cpus().length, cpu: cpus()[0]?.model, rows, allReduce })}\n`);
     return;
   }
   console.log(`machine: ${cpus().length} x ${cpus()[0]?.model}; loopback tcp; GB/s = 1e9 bytes/s per direction`);
-  console.log('| block (float32) | raw zmq one-way | raw zmq both ways | ring pass, tcp | ring / raw both ways | ring pass, ipc | ring pass, tcp, bfloat16 wire (float32 GB/s, conversions included) |');
-  console.log('| --- | --- | --- | --- | --- | --- | --- |');
+  console.log('| block (float32) | raw zmq one-way | raw zmq both ways | ring pass, tcp | ring / raw both ways | ring pass, ipc | ring pass, shm | ring pass, tcp, bfloat16 wire (float32 GB/s, conversions included) |');
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- |');
   for (const x of rows) {
     console.log(
-      `| ${x.mib} MiB | ${x.rawOneway.toFixed(2)} | ${x.rawBoth.toFixed(2)} | ${x.ringPass.toFixed(2)} | ${((100 * x.ringPass) / x.rawBoth).toFixed(0)}% | ${x.ringIpc.toFixed(2)} | ${x.ringBf16.toFixed(2)} |`,
+      `| ${x.mib} MiB | ${x.rawOneway.toFixed(2)} | ${x.rawBoth.toFixed(2)} | ${x.ringPass.toFixed(2)} | ${((100 * x.ringPass) / x.rawBoth).toFixed(0)}% | ${x.ringIpc.toFixed(2)} | ${x.ringShm.toFixed(2)} | ${x.ringBf16.toFixed(2)} |`,
     );
   }
   // The target compares the all-reduce's bus bandwidth with one ring hop of the same 64 MiB on the same machine.
   const hop64 = rows.find((x) => x.mib === 64)?.ringPass ?? NaN;
-  console.log('\n| all-reduce (in place, pipelined in 1 MiB segments) | time | algorithm bandwidth | bus bandwidth | bus / 64 MiB ring pass |');
-  console.log('| --- | --- | --- | --- | --- |');
-  for (const a of allReduce) console.log(`| ${a.mib} MiB on ${a.n} ranks | ${a.ms.toFixed(0)} ms | ${a.algGBps.toFixed(2)} GB/s | ${a.busGBps.toFixed(2)} GB/s | ${((100 * a.busGBps) / hop64).toFixed(0)}% |`);
+  const hopShm64 = rows.find((x) => x.mib === 64)?.ringShm ?? NaN;
+  console.log('\n| all-reduce (in place, pipelined in 1 MiB segments) | link | time | algorithm bandwidth | bus bandwidth | bus / 64 MiB ring pass on the same link |');
+  console.log('| --- | --- | --- | --- | --- | --- |');
+  for (const a of allReduce) {
+    const hop = a.transport === 'shm' ? hopShm64 : hop64;
+    const [ms, alg, bus] = [a.ms, a.algGBps, a.busGBps] as number[];
+    console.log(`| ${a.mib} MiB on ${a.n} ranks | ${a.transport} | ${ms.toFixed(0)} ms | ${alg.toFixed(2)} GB/s | ${bus.toFixed(2)} GB/s | ${((100 * bus) / hop).toFixed(0)}% |`);
+  }
 }
 
 const ci = process.argv.indexOf('--child');

@@ -177,7 +177,7 @@ export function renderConfigDocs(): string {
     'Cross-field checks: host names are unique; no two hosts share an address (give one host more slots instead);',
     '`launch: local` and an `ssh` section exclude each other; `gpus` has one entry per slot;',
     '`ring.basePort` + number of workers ≤ 65535; `ring.heartbeatTimeoutMs` > `ring.heartbeatIntervalMs`;',
-    '`ring.transport: ipc` needs a single host; a non-wildcard `ring.bindAddress` needs a single host;',
+    '`ring.transport: ipc` and `shm` need a single host; a non-wildcard `ring.bindAddress` needs a single host;',
     '`model.dModel` is divisible by `model.heads` with an even head dimension; `kvHeads` divides `heads`',
     '(in `model` and `bench`); `train.minLr` ≤ `train.lr`.',
     '',

@@ -99,6 +99,7 @@ describe('valid specs', () => {
     assert.deepEqual(spec.ring, {
       basePort: 29500,
       transport: 'auto',
+      shmBytes: 128 * 2 ** 20,
       connectTimeoutMs: 10000,
       rendezvousTimeoutMs: 30000,
       heartbeatIntervalMs: 500,
@@ -246,7 +247,7 @@ describe('mistakes give file:line:col: path: message', () => {
     assert.equal(userError(() => parseSpec(`${HOST}modle:\n  dModel: 8\n`, 's.yaml')), 's.yaml:4:1: modle: unknown key "modle" (did you mean "model"?)');
     assert.equal(
       userError(() => parseSpec(`${HOST}ring:\n  basePort: 3000\n  color: red\n`, 's.yaml')),
-      's.yaml:6:3: ring.color: unknown key "color"; expected one of basePort, bindAddress, transport, connectTimeoutMs, ' +
+      's.yaml:6:3: ring.color: unknown key "color"; expected one of basePort, bindAddress, transport, shmBytes, connectTimeoutMs, ' +
         'rendezvousTimeoutMs, heartbeatIntervalMs, heartbeatTimeoutMs, opTimeoutMs, maxMessageBytes, maxQueuedBytes, wire',
     );
   });

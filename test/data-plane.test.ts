@@ -1,10 +1,18 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import { after, before, describe, it } from 'node:test';
 import { shardPositions } from '../src/attention/layout.js';
 import { newRingStepStats, ringAttentionBackward, ringAttentionForward } from '../src/attention/ring-attention.js';
 import { loadKernel } from '../src/kernels/index.js';
 import type { AttentionKernel } from '../src/kernels/types.js';
-import { dtypeOf, FrameError } from '../src/ring/frame.js';
+import * as zmq from 'zeromq';
+import { dtypeOf, encodeHeader, FrameError, type FrameHeader } from '../src/ring/frame.js';
+import { shmAvailable, shmPath, ShmWriter } from '../src/ring/shm.js';
+import { CHUNK_BYTES, HIGH_WATER_MARK, Ring } from '../src/ring/transport.js';
+import { freePortRange } from './helpers/ports.js';
 import { loadWireNative } from '../src/engine/addon.js';
 import { fromWire, roundTrip, toWire, type WireFormat } from '../src/ring/wire.js';
 import { selectBackend } from '../src/tensor/backend.js';
@@ -79,7 +87,10 @@ describe('wire formats', () => {
       for (const n of [1000, 3 << 20]) {
         const x = randn(n, 5);
         const t = toWire(x, 'bfloat16');
-        const [, got] = await Promise.all([rings[0].send('w', [t]), rings[1].recv('w')]);
+        const [a, b] = rings.map((r) => r.begin('w', ['w']));
+        const [, got] = await Promise.all([a.send('w', [t]), b.recv('w')]);
+        a.end();
+        b.end();
         assert.equal(got[0].dtype, 'bfloat16');
         assert.deepEqual(fromWire(got[0]), fromWire(t));
       }
@@ -152,15 +163,18 @@ describe('a send with nothing ahead of it goes to ZeroMQ at once', () => {
   it('is handed over before send() returns, so a synchronous compute right after it hides the transfer; later ones keep their order', async () => {
     const rings = await openLocalRing(2);
     try {
+      const [a, b] = rings.map((r) => r.begin('order', ['order']));
       const before = rings[0].stats.messagesHanded;
-      const first = rings[0].send('order', [Float32Array.of(1)]);
+      const first = a.send('order', [Float32Array.of(1)]);
       assert.equal(rings[0].stats.messagesHanded, before + 1, 'handed synchronously');
-      const rest = [2, 3, 4].map((x) => rings[0].send('order', [Float32Array.of(x)]));
+      const rest = [2, 3, 4].map((x) => a.send('order', [Float32Array.of(x)]));
       assert.equal(rings[0].stats.messagesHanded, before + 1, 'queued behind the first');
       await Promise.all([first, ...rest]);
       const got: number[] = [];
-      for (let i = 0; i < 4; i++) got.push((await rings[1].recv('order'))[0].data[0]);
+      for (let i = 0; i < 4; i++) got.push((await b.recv('order'))[0].data[0]);
       assert.deepEqual(got, [1, 2, 3, 4]);
+      a.end();
+      b.end();
     } finally {
       await closeAll(rings);
     }
@@ -197,19 +211,22 @@ describe('a peer sending what this rank never receives', () => {
     const failures: string[] = [];
     try {
       // Claimed messages never pile up: 40 MiB through the same link, each received.
+      const [a, b] = rings.map((r) => r.begin('ok', ['ok', 'expected']));
       for (let i = 0; i < 10; i++) {
-        const sent = rings[0].send('ok', [new Float32Array(1 << 20)]);
-        await rings[1].recv('ok');
+        const sent = a.send('ok', [new Float32Array(1 << 20)]);
+        await b.recv('ok');
         await sent;
       }
-      const waiting = rings[1].recv('expected', 5000).catch((e: Error) => e.message);
+      // Rank 0 goes on to an op rank 1 has not begun (as a predecessor ahead would): its messages wait, bounded.
+      const waiting = b.recv('expected', 5000).catch((e: Error) => e.message);
+      const ahead = rings[0].begin('flood', ['flood']);
       const t0 = performance.now();
-      for (let i = 0; i < 20; i++) void rings[0].send('flood', [new Float32Array(1 << 18)]).catch(() => undefined);
+      for (let i = 0; i < 20; i++) void ahead.send('flood', [new Float32Array(1 << 18)]).catch(() => undefined);
       const msg = await waiting;
       const ms = performance.now() - t0;
       failures.push(msg as string);
       assert.ok(ms < 1000, `reported after ${ms.toFixed(0)} ms`);
-      assert.match(msg as string, /^rank 1: \d+ bytes from rank 0 \(127\.0\.0\.1\) wait for receives that were never made \("flood" x9\), past ring\.maxQueuedBytes \(8388608\)/);
+      assert.match(msg as string, /^rank 1: \d+ bytes from rank 0 \(127\.0\.0\.1\) wait for receives that were never made \("flood" of op 2 \(flood, step 0\) x9\), past ring\.maxQueuedBytes \(8388608\)/);
     } finally {
       await closeAll(rings);
     }
@@ -239,5 +256,281 @@ describe("the addon's wire conversions", () => {
     for (const format of ['bfloat16', 'float16'] as const) {
       assert.deepEqual(toWire(values, format, native).data, toWire(values, format).data, `${format} rounding`);
     }
+  });
+});
+
+/**
+ * A real rank 0 whose neighbour, rank 1, is played by raw ZeroMQ sockets that
+ * send exactly the frames a test writes: each protocol violation must fail the
+ * ring within 1 s, naming both ranks and the expected and received message.
+ */
+async function withFakePredecessor(run: (ring: Ring, send: (h: Partial<FrameHeader>, payloads?: Uint8Array[]) => Promise<void>) => Promise<void>): Promise<void> {
+  const base = await freePortRange(2);
+  const ep = (p: number) => `tcp://127.0.0.1:${p}`;
+  const jobId = '00000000000000aa';
+  const pull = new zmq.Pull({ linger: 0 });
+  await pull.bind(ep(base + 1));
+  const push = new zmq.Push({ linger: 0 });
+  push.connect(ep(base));
+  let seq = 0;
+  const send = async (h: Partial<FrameHeader>, payloads: Uint8Array[] = [Buffer.from(new Float32Array(4).buffer)]) => {
+    const tensors = h.tensors ?? payloads.map((p) => ({ dtype: 'float32' as const, shape: [p.byteLength / 4] }));
+    const header = encodeHeader({ jobId, part: 'whole', seq: seq++, srcRank: 1, step: 0, op: 1, phase: 'attn.fwd', tag: 'kv', ...h, tensors });
+    await push.send([header, ...payloads]);
+  };
+  const draining = (async () => {
+    for await (const _ of pull) void _;
+  })().catch(() => undefined);
+  const ringP = Ring.open({
+    rank: 0, worldSize: 2, jobId, bind: ep(base),
+    next: { rank: 1, host: 'fake', endpoint: ep(base + 1) },
+    prev: { rank: 1, host: 'fake', endpoint: ep(base + 1) },
+    opTimeoutMs: 10000, connectTimeoutMs: 5000, heartbeatIntervalMs: 200, heartbeatTimeoutMs: 2000, maxMessageBytes: 1 << 30,
+  });
+  await send({ op: 0, phase: 'ring', tag: 'hello', tensors: [{ dtype: 'int32', shape: [1] }] }, [Buffer.from(new Int32Array([1]).buffer)]);
+  const ring = await ringP;
+  try {
+    await run(ring, send);
+  } finally {
+    await ring.close();
+    push.close();
+    pull.close();
+    await draining;
+  }
+}
+
+/** The error `pending` rejects with, and how long after `t0` it came. */
+async function failureOf(pending: Promise<unknown>, t0: number): Promise<{ message: string; ms: number }> {
+  const message = await pending.then(
+    () => 'resolved',
+    (e: Error) => e.message,
+  );
+  return { message, ms: performance.now() - t0 };
+}
+
+describe('protocol violations fail the ring at once, naming both ranks', () => {
+  const cases: Array<{ name: string; run: (ring: Ring, send: Parameters<Parameters<typeof withFakePredecessor>[0]>[1]) => Promise<{ pending: Promise<unknown> }>; expect: RegExp }> = [
+    {
+      name: 'a tag out of order (one the op does not take)',
+      run: async (ring, send) => {
+        const op = ring.begin('attn.fwd', ['kv']);
+        const p = op.recv('kv');
+        await send({ tag: 'dkv' });
+        return { pending: p };
+      },
+      expect: /"dkv" in op 1 \(attn\.fwd, step 0\), which takes only "kv"/,
+    },
+    {
+      name: 'a stale step',
+      run: async (ring, send) => {
+        ring.setStep(5);
+        const op = ring.begin('attn.fwd', ['kv']);
+        const p = op.recv('kv');
+        await send({ step: 4 });
+        return { pending: p };
+      },
+      expect: /"kv" of op 1 \(attn\.fwd, step 4\), a stale step: this rank is at step 5/,
+    },
+    {
+      name: 'a foreign job',
+      run: async (ring, send) => {
+        const p = ring.begin('attn.fwd', ['kv']).recv('kv');
+        await send({ jobId: '00000000000000bb' });
+        return { pending: p };
+      },
+      expect: /message of job 00000000000000bb, this job is 00000000000000aa \(not from this job's ring/,
+    },
+    {
+      name: 'a duplicate sequence number',
+      run: async (ring, send) => {
+        const op = ring.begin('attn.fwd', ['kv']);
+        await send({ seq: 1 });
+        await op.recv('kv');
+        const p = op.recv('kv');
+        await send({ seq: 1 });
+        return { pending: p };
+      },
+      expect: /"kv" with sequence number 1 again \(a duplicate; expected 2\)/,
+    },
+    {
+      name: 'a truncated chunk stream',
+      run: async (ring, send) => {
+        const p = ring.begin('attn.fwd', ['kv']).recv('kv');
+        // 12 MiB announced: three 4 MiB chunks; one is sent, then a new message.
+        await send({ part: 'head', tensors: [{ dtype: 'float32', shape: [3 << 20] }] }, []);
+        await send({ part: 'chunk', tensors: [] }, [new Uint8Array(4 << 20)]);
+        await send({});
+        return { pending: p };
+      },
+      expect: /"kv" of op 1 \(attn\.fwd, step 0\) arrived after chunk 1 of 3 of "kv": its chunk stream was cut short/,
+    },
+    {
+      name: 'another phase at the same op',
+      run: async (ring, send) => {
+        const p = ring.begin('attn.fwd', ['kv']).recv('kv');
+        await send({ phase: 'grads', tag: 'grads' });
+        return { pending: p };
+      },
+      expect: /"grads" of op 1 \(grads, step 0\), but op 1 here is attn\.fwd at step 0: the ranks run different sequences of ring ops/,
+    },
+    {
+      name: 'a message of an op this rank has finished',
+      run: async (ring, send) => {
+        const op = ring.begin('attn.fwd', ['kv']);
+        await send({});
+        await op.recv('kv');
+        op.end();
+        const p = ring.begin('attn.bwd', ['bkv']).recv('bkv');
+        await send({});
+        return { pending: p };
+      },
+      expect: /"kv" of op 1 \(attn\.fwd, step 0\), which this rank has finished/,
+    },
+    {
+      name: 'more messages than the op received',
+      run: async (ring, send) => {
+        const op = ring.begin('attn.fwd', ['kv']);
+        await send({});
+        await send({});
+        await op.recv('kv');
+        await new Promise((r) => setTimeout(r, 50));
+        const next = ring.begin('attn.bwd', ['bkv']).recv('bkv');
+        op.end();
+        return { pending: next };
+      },
+      expect: /1 "kv" message of op 1 \(attn\.fwd, step 0\) more than this rank received in it/,
+    },
+  ];
+  for (const c of cases) {
+    it(c.name, async () => {
+      await withFakePredecessor(async (ring, send) => {
+        const t0 = performance.now();
+        const { pending } = await c.run(ring, send);
+        pending.catch(() => undefined);
+        const { message, ms } = await failureOf(pending, t0);
+        assert.match(message, /^rank 0: bad message from rank 1 \(fake\): /);
+        assert.match(message, c.expect);
+        assert.ok(ms < 1000, `reported after ${ms.toFixed(0)} ms`);
+        assert.equal(ring.failed?.message, message, 'the ring itself is failed, not just one wait');
+      });
+    });
+  }
+
+  it('messages for an op not begun yet wait, and are checked when it begins', async () => {
+    await withFakePredecessor(async (ring, send) => {
+      await send({ op: 1, phase: 'grads', tag: 'grads' });
+      await send({ op: 2, phase: 'attn.fwd', tag: 'kv' });
+      await new Promise((r) => setTimeout(r, 100));
+      assert.equal(ring.failed, null, 'a predecessor ahead is no error');
+      const g = ring.begin('grads', ['grads']);
+      assert.equal((await g.recv('grads'))[0].data.length, 4);
+      g.end();
+      assert.throws(() => ring.begin('attn.bwd', ['bkv']), /"kv" of op 2 \(attn\.fwd, step 0\), but op 2 here is attn\.bwd at step 0/);
+    });
+  });
+});
+
+describe('a flooding predecessor', () => {
+  it("leaves the worker's RSS under maxQueuedBytes + ZeroMQ's bounded queues, stalled or not, and fails the ring naming it", async () => {
+    const base = await freePortRange(2);
+    const jobId = '00000000000000cc';
+    const maxQueued = 64 << 20;
+    const ep = (p: number) => `tcp://127.0.0.1:${p}`;
+    const pull = new zmq.Pull({ linger: 0 });
+    await pull.bind(ep(base + 1));
+    const draining = (async () => {
+      for await (const _ of pull) void _;
+    })().catch(() => undefined);
+    const child = spawn(process.execPath, ['--import', 'tsx', 'test/helpers/flood-target.ts', String(base), jobId, String(maxQueued), '3000'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    // Lines are queued as they come: one printed before anyone waits for it is kept.
+    const queued: string[] = [];
+    let wake: () => void = () => undefined;
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      queued.push(l);
+      wake();
+    });
+    const next = async (): Promise<any> => {
+      while (queued.length === 0) await new Promise<void>((r) => (wake = r));
+      return JSON.parse(queued.shift()!);
+    };
+    const push = new zmq.Push({ linger: 0, sendHighWaterMark: 4, sendTimeout: 3000 });
+    push.connect(ep(base));
+    let seq = 0;
+    const header = (h: Partial<FrameHeader>) =>
+      encodeHeader({ jobId, part: 'whole', seq: seq++, srcRank: 1, step: 0, op: 5, phase: 'attn.fwd', tag: 'kv', tensors: [{ dtype: 'float32', shape: [1 << 20] }], ...h });
+    try {
+      await push.send([header({ op: 0, phase: 'ring', tag: 'hello', tensors: [{ dtype: 'int32', shape: [1] }] }), Buffer.from(new Int32Array([1]).buffer)]);
+      await next();
+      // 1 GiB of well-formed 4 MiB messages for an op the rank has not begun, as fast as the link takes them.
+      const block = new Uint8Array(4 << 20);
+      let sent = 0;
+      for (; sent < 256; sent++) {
+        try {
+          await push.send([header({}), block]);
+        } catch {
+          break; // the receiver stopped taking them: backpressure
+        }
+      }
+      const out = await next();
+      const growth = out.peak - out.rssAtOpen;
+      console.log(`flood: ${sent} of 256 messages of 4 MiB taken; worker RSS ${out.rssAtOpen.toFixed(0)} MiB at open, peak ${out.peak.toFixed(0)} MiB (+${growth.toFixed(0)})`);
+      assert.match(out.failed, /^rank 0: \d+ bytes from rank 1 \(flooder\) wait for receives that were never made \("kv" of op 5 \(attn\.fwd, step 0\) x\d+\), past ring\.maxQueuedBytes \(67108864\)/);
+      assert.ok(sent < 256, 'the flood was never held back');
+      // The stated bound: the inbox (maxQueuedBytes) plus ZeroMQ's queues (HIGH_WATER_MARK chunks each way) and the kernel's socket buffers.
+      const bound = (maxQueued + 2 * HIGH_WATER_MARK * CHUNK_BYTES) / 2 ** 20 + 32;
+      assert.ok(growth < bound, `the worker grew by ${growth.toFixed(0)} MiB, over the bound of ${bound.toFixed(0)} MiB`);
+    } finally {
+      push.close();
+      pull.close();
+      child.kill('SIGKILL');
+      await draining;
+    }
+  });
+});
+
+describe('the same-host shared-memory channel', () => {
+  it('carries large blocks, with small ones and those that do not fit now on ZeroMQ, all intact and in order; the files go with the ring', async (t) => {
+    if (!shmAvailable()) return t.skip('the native addon is not built with native/shm.cc: no shared-memory channel here');
+    const n = 3;
+    const base = await freePortRange(n);
+    const jobId = randomBytes(8).toString('hex');
+    const ep = (r: number) => `tcp://127.0.0.1:${base + r}`;
+    const peer = (r: number) => ({ rank: r, host: '127.0.0.1', endpoint: ep(r) });
+    // 6 MiB of channel: one 4 MiB block fits, two do not (the second of a burst goes on ZeroMQ).
+    const rings = await Promise.all(
+      Array.from({ length: n }, (_, r) =>
+        Ring.open({
+          rank: r, worldSize: n, jobId, bind: ep(r), next: peer((r + 1) % n), prev: peer((r + n - 1) % n),
+          opTimeoutMs: 10000, connectTimeoutMs: 10000, heartbeatIntervalMs: 200, heartbeatTimeoutMs: 2000, maxMessageBytes: 1 << 30,
+          shmSend: ShmWriter.create(shmPath(jobId, r), 6 << 20),
+          shmRecv: shmPath(jobId, (r + n - 1) % n),
+        }),
+      ),
+    );
+    try {
+      // Sent in one burst: the first 4 MiB block fills most of the channel, the rest wait for no room and go on ZeroMQ.
+      const sizes = [16, 1 << 20, 1 << 20, 5 << 18, 100, 3 << 20];
+      for (const round of [1, 2]) {
+        await Promise.all(
+          rings.map(async (ring) => {
+            const op = ring.begin('blocks', ['b']);
+            const sent = sizes.map((len, i) => op.send('b', [randn(len, 100 * ring.rank + i), Int32Array.of(ring.rank, i)]));
+            for (const [i, len] of sizes.entries()) {
+              const [x, id] = await op.recv('b');
+              const from = (ring.rank + n - 1) % n;
+              assert.deepEqual(Array.from(id.data), [from, i], 'in order');
+              assert.deepEqual(x.data, randn(len, 100 * from + i), `block ${i} from rank ${from} intact`);
+            }
+            await Promise.all(sent);
+            op.end();
+          }),
+        );
+        // Taking a block hands its space back: the next round's first block fits again.
+        for (const ring of rings) assert.equal(ring.stats.messagesViaShm, round, `rank ${ring.rank} after round ${round}`);
+      }
+    } finally {
+      await closeAll(rings);
+    }
+    for (let r = 0; r < n; r++) assert.ok(!existsSync(shmPath(jobId, r)), 'the channel file is removed at close');
   });
 });

@@ -49,7 +49,7 @@ before(() => {
   writeFileSync(path.join(tmp, 'text.txt'), out.join(' '));
 });
 
-async function specFile(name: string, steps = STEPS): Promise<{ file: string; port: number }> {
+async function specFile(name: string, steps = STEPS, slots = 2): Promise<{ file: string; port: number }> {
   const port = await freePortRange(3);
   const file = path.join(tmp, `${name}.yaml`);
   writeFileSync(
@@ -59,7 +59,7 @@ async function specFile(name: string, steps = STEPS): Promise<{ file: string; po
       'hosts:',
       '  - name: local',
       '    address: 127.0.0.1',
-      '    slots: 2',
+      `    slots: ${slots}`,
       'ring:',
       `  basePort: ${port}`,
       '  heartbeatIntervalMs: 200',
@@ -189,6 +189,18 @@ describe('fault matrix', () => {
     assert.ok(detectMs < HEARTBEAT_TIMEOUT_MS + MARGIN_MS, `detected after ${detectMs} ms`);
     assert.deepEqual(workerPids(port), [], 'the frozen worker was killed too');
     assert.equal(latestCheckpoint(runDir, () => undefined)!.step, 2);
+  });
+
+  it('SIGSTOP of the only rank (no ring neighbour to notice): the launcher finds it by its control link', async () => {
+    const { file, port } = await specFile('stop-alone', STEPS, 1);
+    const runDir = path.join(tmp, 'stop-alone');
+    const r = await train(['--config', file, '--run-dir', runDir], { RINGATTN_FAULT: '0:forward:3:stop' });
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /ringattn: job train failed: rank 0 \(local\) stopped answering \(its link to the launcher went silent\)/);
+    const detectMs = detectedAt(r) - faultAt(runDir, 0);
+    measured.push(`SIGSTOP of a ring of one: detected after ${detectMs} ms (heartbeat timeout ${HEARTBEAT_TIMEOUT_MS} ms)`);
+    assert.ok(detectMs < HEARTBEAT_TIMEOUT_MS + MARGIN_MS, `detected after ${detectMs} ms`);
+    assert.deepEqual(workerPids(port), [], 'the frozen worker was killed');
   });
 
   for (const how of ['SIGKILL', 'SIGSTOP'] as const) {

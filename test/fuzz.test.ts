@@ -6,6 +6,7 @@ import { parseSpec } from '../src/config/index.js';
 import { UserError } from '../src/errors.js';
 import { encodeNpy, parseNpy } from '../src/tensor/npy.js';
 import { ROOT } from './helpers/cli.js';
+import { rng as prng } from './helpers/rng.js';
 
 /*
  * A bounded, seeded fuzz of the two parsers of untrusted files: the cluster
@@ -23,17 +24,6 @@ const NPY_CASES = 4 * CASES;
 /** Any single case taking longer is reported: both parsers are linear in their input. */
 const SLOW_MS = 500;
 
-/** mulberry32: a small seeded generator, so a failing case can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Rng {
   float(): number;

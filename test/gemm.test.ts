@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { loadGemm, type GemmAddon, type SgemmArgs } from '../src/engine/addon.js';
+import { rng } from './helpers/rng.js';
 
 
 // The addon is built at install; a missing addon fails here unless the build
@@ -19,16 +20,6 @@ function native(): GemmAddon {
   return addon;
 }
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function random(n: number, seed: number): Float32Array {
   const r = rng(seed);

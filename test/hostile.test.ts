@@ -181,30 +181,31 @@ describe('hostile input on a running job (security: none)', () => {
     assert.deepEqual(workerPids(base), []);
   });
 
-  it('a well-formed ZeroMQ message of a stranger on a ring port stops the job, saying so', async () => {
+  it("a stranger's well-formed ZeroMQ messages on a ring port, once the ring is up, are refused at the handshake: the job goes on", async () => {
     const spec = await spec3();
     const base = spec.ring.basePort;
     const printed: string[] = [];
-    const job = runJob(spec, { kind: 'ringcheck', args: { rounds: 100000, length: 1000, holdMs: 50 } }, { runDir: path.join(tmp, 'inject'), quiet: true, print: (l) => printed.push(l) });
+    const rounds = 30;
+    const job = runJob(spec, { kind: 'ringcheck', args: { rounds, length: 1000, holdMs: 100 } }, { runDir: path.join(tmp, 'inject'), print: (l) => printed.push(l) });
     job.catch(() => undefined);
-    const push = new zmq.Push({ linger: 0 });
+    const push = new zmq.Push({ linger: 0, sendTimeout: 200 });
+    let refused = 0;
+    push.events.on('handshake:error:auth', () => refused++);
     try {
-      // Wait until the ring runs (the launcher reports nothing while quiet: poll the workers).
-      const end = Date.now() + 30000;
-      while (workerPids(base).length < 3) {
-        assert.ok(Date.now() < end);
-        await sleep(50);
-      }
-      await sleep(1500);
+      await waitForRounds(printed, 2);
+      // A ZMTP 3 peer with the right socket type, after every rank has its predecessor: nobody else is let in.
       push.connect(`tcp://127.0.0.1:${base + 2}`);
-      await push.send(['GET / HTTP/1.1', 'x']);
-      await assert.rejects(job, (err: unknown) => {
-        assert.ok(err instanceof LaunchError);
-        assert.match(err.message, /^job ringcheck failed: rank 1 \(local\) rank 1: bad message from rank 0 \(local\): not a ringattn message \(bad magic\) \(not from this job's ring: another process is connected to rank 1's ring port\)/);
-        return true;
-      });
+      for (let i = 0; i < 5; i++) await push.send(['GET / HTTP/1.1', 'x']).catch(() => undefined);
+      const end = Date.now() + 5000;
+      while (refused === 0 && Date.now() < end) await sleep(20);
+      assert.ok(refused > 0, 'the stranger was never refused');
+      const out = await job;
+      const results = out.value as Array<{ rank: number; rounds: number }>;
+      assert.deepEqual(results.map((r) => r.rounds), [rounds, rounds, rounds], 'the job went on to the end');
+      assert.ok(!printed.some((l) => /bad message/.test(l)));
     } finally {
       push.close();
+      await job.catch(() => undefined);
     }
     assert.deepEqual(workerPids(base), []);
   });

@@ -3,22 +3,13 @@ import { describe, it } from 'node:test';
 import { emptyPartial, mergePartial } from '../src/kernels/merge.js';
 import { loadNativeKernel, nativeInfo } from '../src/kernels/native.js';
 import type { AttentionKernel, BlockArgs, BlockPartial } from '../src/kernels/types.js';
+import { rng } from './helpers/rng.js';
 
 // The addon is built at install; a missing addon fails here unless the build
 // was skipped on purpose.
 const info = nativeInfo();
 const skip = !info.available && process.env.RINGATTN_SKIP_NATIVE ? `RINGATTN_SKIP_NATIVE is set: ${info.reason}` : false;
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function randn(n: number, rand: () => number, sd = 1): Float32Array {
   const out = new Float32Array(n);

@@ -10,8 +10,10 @@ import { closeAll, openLocalRing } from './helpers/ring.js';
 import { freePortRange } from './helpers/ports.js';
 
 test('frame header round-trips and rejects garbage', () => {
-  const h = { jobId: '0123456789abcdef', part: 'whole' as const, seq: 7, srcRank: 3, tag: 'kv', tensors: [{ dtype: 'float32' as const, shape: [4, 2, 8] }] };
+  const h = { jobId: '0123456789abcdef', part: 'whole' as const, seq: 7, srcRank: 3, step: 41, op: 1234, phase: 'attn.bwd', tag: 'kv', tensors: [{ dtype: 'float32' as const, shape: [4, 2, 8] }] };
   assert.deepEqual(decodeHeader(encodeHeader(h)), h);
+  assert.deepEqual(decodeHeader(encodeHeader({ ...h, phase: 'sixteen-chars-ok' })).phase, 'sixteen-chars-ok');
+  assert.throws(() => encodeHeader({ ...h, phase: 'seventeen-chars-x' }), /bad phase/);
   assert.throws(() => decodeHeader(Buffer.from('GET / HTTP/1.1\r\n\r\n'.padEnd(60))), FrameError);
   const bad = encodeHeader(h);
   bad.writeUInt8(9, 4);
@@ -99,7 +101,7 @@ test('a message from a foreign job fails the ring with a clear error', async () 
   });
   const intruder = new zmq.Push({ linger: 0 });
   intruder.connect(ep);
-  const header = encodeHeader({ jobId: randomBytes(8).toString('hex'), seq: 0, srcRank: 1, tag: 'hello', tensors: [{ dtype: 'int32', shape: [1] }] });
+  const header = encodeHeader({ jobId: randomBytes(8).toString('hex'), seq: 0, srcRank: 1, step: 0, op: 0, phase: 'ring', tag: 'hello', tensors: [{ dtype: 'int32', shape: [1] }] });
   await intruder.send([header, Buffer.from(new Int32Array([1]).buffer)]);
   await assert.rejects(ringP, /bad message from rank 1 \(h1\): message of job [0-9a-f]{16}, this job is aaaaaaaaaaaaaaaa/);
   intruder.close();
@@ -108,7 +110,8 @@ test('a message from a foreign job fails the ring with a clear error', async () 
 test('a wait that never ends times out naming the peer', async () => {
   const rings = await openLocalRing(2, { opTimeoutMs: 300 });
   try {
-    await assert.rejects(rings[0].recv('never'), /rank 0: timed out after 0\.3 s waiting for "never" from rank 1 \(127\.0\.0\.1\)/);
+    rings[1].begin('quiet', ['never']);
+    await assert.rejects(rings[0].begin('quiet', ['never']).recv('never'), /rank 0: timed out after 0\.3 s waiting for "never" of op 1 \(quiet, step 0\) from rank 1 \(127\.0\.0\.1\), whose link is alive/);
   } finally {
     await closeAll(rings);
   }

@@ -9,7 +9,8 @@ import { parseSpec, specFromObject } from '../src/config/index.js';
 import { UserError } from '../src/errors.js';
 import { readKeyFile } from '../src/launch/external.js';
 import { runJob } from '../src/launch/launcher.js';
-import { Ring, isCurveKeys, z85Decode, type CurveKeys } from '../src/ring/transport.js';
+import { Ring } from '../src/ring/transport.js';
+import { isCurveKeys, z85Decode, type CurveKeys } from '../src/ring/zap.js';
 import { workerPids } from './helpers/cli.js';
 import { freePortRange } from './helpers/ports.js';
 
@@ -197,8 +198,11 @@ describe('a curve job on a localhost ring', () => {
         Ring.open({ ...common, rank: 0, bind: ep(p0), next: { rank: 1, host: 'b', endpoint: ep(relayPort) }, prev: { rank: 1, host: 'b', endpoint: ep(p1) } }),
         Ring.open({ ...common, rank: 1, bind: ep(p1), next: { rank: 0, host: 'a', endpoint: ep(p0) }, prev: { rank: 0, host: 'a', endpoint: ep(p0) } }),
       ]);
-      await r0.send('data', [new Uint8Array(secret)]);
-      const [got] = await r1.recv('data');
+      const [o0, o1] = [r0.begin('data', ['data']), r1.begin('data', ['data'])];
+      await o0.send('data', [new Uint8Array(secret)]);
+      const [got] = await o1.recv('data');
+      o0.end();
+      o1.end();
       assert.ok(Buffer.from(got.data.buffer, got.data.byteOffset, got.data.byteLength).equals(secret));
       await Promise.all([r0.close(), r1.close()]);
       relay.close();

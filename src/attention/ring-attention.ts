@@ -6,7 +6,7 @@ import { slice, type AttentionMask, type AttentionShape, type Engine, type Engin
 import { onHostArrays } from '../model/host-attention.js';
 import type { AttentionOp, AttentionTensors } from '../model/types.js';
 import type { Tensor } from '../ring/frame.js';
-import type { Message, Ring } from '../ring/transport.js';
+import type { Message, Ring, RingOp } from '../ring/transport.js';
 import { fromWire, toWire, type WireFormat } from '../ring/wire.js';
 import { Trace, TRACK_COMPUTE, TRACK_TRANSFER, TRACK_WAIT } from './trace.js';
 
@@ -113,13 +113,17 @@ function kvFromMessage(m: Message, owner: number): KVBlock {
   return { owner, k: fromWire(k, wireNative), v: fromWire(v, wireNative), seg: seg?.data as Int32Array | undefined, wire: m.tensors };
 }
 
+/** The ring op of one forward or backward pass (null on a ring of one): its phase and the tags it moves. */
+function beginPass(cfg: RingConfig, pass: 'fwd' | 'bwd'): RingOp | null {
+  return cfg.ring ? cfg.ring.begin(`attn.${pass}`, pass === 'fwd' ? ['kv'] : ['bkv', 'dkv', 'dkv-home']) : null;
+}
+
 /** Starts moving a KV block one hop: send its payload to the successor, receive the predecessor's block. */
-function startPass(cfg: RingConfig, tag: string, payload: Tensor[], nextOwner: number) {
-  const ring = cfg.ring!;
+function startPass(cfg: RingConfig, op: RingOp, tag: string, payload: Tensor[], nextOwner: number) {
   const posted = performance.now();
-  const { sent, received } = ring.sendRecv(tag, payload);
+  const { sent, received } = op.sendRecv(tag, payload);
   const traced = received.then((m) => {
-    cfg.trace?.span(`${tag} from rank ${ring.prev.rank}`, TRACK_TRANSFER, posted, m.arrivedAt, { owner: nextOwner });
+    cfg.trace?.span(`${tag} from rank ${cfg.ring!.prev.rank}`, TRACK_TRANSFER, posted, m.arrivedAt, { owner: nextOwner });
     return m;
   });
   traced.catch(() => undefined);
@@ -162,11 +166,12 @@ export async function ringAttentionForward(cfg: RingAttentionConfig, q: Float32A
   const { rank, n } = ringShape(cfg);
   const qPos = cfg.positionsOf(rank);
   const acc = emptyPartial(qPos.length, cfg.heads, cfg.headDim);
+  const op = beginPass(cfg, 'fwd');
   let kv: KVBlock = { owner: rank, k, v, seg: cfg.segments };
   for (let t = 0; t < n; t++) {
     const last = t === n - 1;
     const nextOwner = mod(rank - t - 1, n);
-    let pass = !last && cfg.overlap ? startPass(cfg, 'kv', kvPayload(cfg, kv), nextOwner) : null;
+    let pass = !last && cfg.overlap ? startPass(cfg, op!, 'kv', kvPayload(cfg, kv), nextOwner) : null;
     const args = blockArgs(cfg, q, qPos, kv);
     if (cfg.stats) cfg.stats.steps++;
     if (isFullyMasked(args)) {
@@ -176,10 +181,11 @@ export async function ringAttentionForward(cfg: RingAttentionConfig, q: Float32A
       mergePartial(acc, part, cfg.heads, cfg.headDim);
     }
     if (last) break;
-    pass ??= startPass(cfg, 'kv', kvPayload(cfg, kv), nextOwner);
+    pass ??= startPass(cfg, op!, 'kv', kvPayload(cfg, kv), nextOwner);
     kv = kvFromMessage(await waitFor(cfg, 'wait kv', pass.received), nextOwner);
     await pass.sent;
   }
+  op?.end();
   return acc;
 }
 
@@ -198,7 +204,7 @@ export async function ringAttentionBackward(
   dO: Float32Array,
 ): Promise<{ dq: Float32Array; dk: Float32Array; dv: Float32Array }> {
   const { rank, n } = ringShape(cfg);
-  const ring = cfg.ring;
+  const op = beginPass(cfg, 'bwd');
   const qPos = cfg.positionsOf(rank);
   const grad = { dO, lse: saved.lse, delta: rowDelta(dO, saved.o, qPos.length, cfg.heads, cfg.headDim) };
   const dq = new Float32Array(saved.q.length);
@@ -210,9 +216,9 @@ export async function ringAttentionBackward(
   for (let t = 0; t < n; t++) {
     const last = t === n - 1;
     const nextOwner = mod(rank - t - 1, n);
-    let pass = !last && cfg.overlap ? startPass(cfg, 'bkv', kvPayload(cfg, kv), nextOwner) : null;
+    let pass = !last && cfg.overlap ? startPass(cfg, op!, 'bkv', kvPayload(cfg, kv), nextOwner) : null;
     // The accumulator for this block arrives from the predecessor while we compute our share into zeros.
-    const incoming = t > 0 ? ring!.recv('dkv') : null;
+    const incoming = t > 0 ? op!.recv('dkv') : null;
     incoming?.catch(() => undefined);
     let dk: Float32Array;
     let dv: Float32Array;
@@ -233,17 +239,21 @@ export async function ringAttentionBackward(
       await timed(cfg, 'attention bwd', t, kv.owner, () => cfg.kernel.backward(args, grad, { dq, dk, dv }));
     }
     if (incoming) ({ dk, dv } = await accumulate(cfg, incoming, dk, dv));
-    if (n === 1) return { dq, dk, dv };
+    if (n === 1) {
+      op?.end();
+      return { dq, dk, dv };
+    }
     // After the last step the block we hold belongs to our successor: this send is its trip home.
-    const sentD = ring!.send(last ? 'dkv-home' : 'dkv', [dk, dv]);
+    const sentD = op!.send(last ? 'dkv-home' : 'dkv', [dk, dv]);
     sentD.catch(() => undefined);
     if (cfg.stats) cfg.stats.bytesSent += dk.byteLength + dv.byteLength;
     if (last) {
-      const [hk, hv] = (await waitFor(cfg, 'wait dkv home', ring!.recv('dkv-home'))).map((x) => x.data as Float32Array);
+      const [hk, hv] = (await waitFor(cfg, 'wait dkv home', op!.recv('dkv-home'))).map((x) => x.data as Float32Array);
       await sentD;
+      op!.end();
       return { dq, dk: hk, dv: hv };
     }
-    pass ??= startPass(cfg, 'bkv', kvPayload(cfg, kv), nextOwner);
+    pass ??= startPass(cfg, op!, 'bkv', kvPayload(cfg, kv), nextOwner);
     kv = kvFromMessage(await waitFor(cfg, 'wait kv', pass.received), nextOwner);
     await pass.sent;
   }
@@ -365,24 +375,26 @@ class EngineRing {
     this.ensure();
     const qLen = cfg.positionsOf(rank).length;
     this.att.reset(this.shape(qLen, qLen), t.o, t.lse);
+    const op = beginPass(cfg, 'fwd');
     let kv = { owner: rank, k: t.k, v: t.v, seg: cfg.segments };
     let payload: Promise<Tensor[]> = n > 1 ? this.ownPayload(t.k, t.v) : Promise.resolve([]);
     for (let step = 0; step < n; step++) {
       const last = step === n - 1;
       const nextOwner = mod(rank - step - 1, n);
-      const pass = !last && cfg.overlap ? startPass(cfg, 'kv', await payload, nextOwner) : null;
+      const pass = !last && cfg.overlap ? startPass(cfg, op!, 'kv', await payload, nextOwner) : null;
       const held = kv;
       await this.attend('attention fwd', step, held, qLen, (s, m) => this.att.forward(s, m, t.q, held.k, held.v, t.o, t.lse));
       if (last) break;
-      ({ kv, payload } = await this.receive(pass ?? startPass(cfg, 'kv', await payload, nextOwner), step, nextOwner));
+      ({ kv, payload } = await this.receive(pass ?? startPass(cfg, op!, 'kv', await payload, nextOwner), step, nextOwner));
     }
+    op?.end();
   }
 
   async backward(saved: AttentionTensors, dO: Tensor32, g: { dq: Tensor32; dk: Tensor32; dv: Tensor32 }): Promise<void> {
     const cfg = this.cfg;
-    const ring = cfg.ring;
     const { rank, n } = ringShape(cfg);
     this.ensure();
+    const op = beginPass(cfg, 'bwd');
     const e = this.engine;
     const qLen = cfg.positionsOf(rank).length;
     const delta = slice(this.deltaT!, 0, cfg.heads * qLen);
@@ -394,8 +406,8 @@ class EngineRing {
     for (let step = 0; step < n; step++) {
       const last = step === n - 1;
       const nextOwner = mod(rank - step - 1, n);
-      const pass = !last && cfg.overlap ? startPass(cfg, 'bkv', await payload, nextOwner) : null;
-      const incoming = step > 0 ? ring!.recv('dkv') : null;
+      const pass = !last && cfg.overlap ? startPass(cfg, op!, 'bkv', await payload, nextOwner) : null;
+      const incoming = step > 0 ? op!.recv('dkv') : null;
       incoming?.catch(() => undefined);
       const w = cfg.positionsOf(kv.owner).length * cfg.kvHeads * cfg.headDim;
       // A ring of one adds straight into the model's dk, dv; otherwise our share goes to the host.
@@ -406,23 +418,27 @@ class EngineRing {
       await this.attend('attention bwd', step, held, qLen, (s, m) =>
         this.att.backward(s, m, { ...grads, k: held.k, v: held.v }, { dq: g.dq, dk: share.dk, dv: share.dv }),
       );
-      if (n === 1) return;
+      if (n === 1) {
+        op?.end();
+        return;
+      }
       // The share is read into fresh arrays: they are what travels on.
       let dk: Float32Array = Float32Array.from(await e.read(share.dk));
       let dv: Float32Array = Float32Array.from(await e.read(share.dv));
       if (incoming) ({ dk, dv } = await accumulate(cfg, incoming, dk, dv));
-      const sentD = ring!.send(last ? 'dkv-home' : 'dkv', [dk, dv]);
+      const sentD = op!.send(last ? 'dkv-home' : 'dkv', [dk, dv]);
       sentD.catch(() => undefined);
       if (cfg.stats) cfg.stats.bytesSent += dk.byteLength + dv.byteLength;
       if (last) {
-        const [hk, hv] = (await waitFor(cfg, 'wait dkv home', ring!.recv('dkv-home'))).map((x) => x.data as Float32Array);
+        const [hk, hv] = (await waitFor(cfg, 'wait dkv home', op!.recv('dkv-home'))).map((x) => x.data as Float32Array);
         await sentD;
+        op!.end();
         e.write(g.dk, hk);
         e.write(g.dv, hv);
         await e.flush();
         return;
       }
-      ({ kv, payload } = await this.receive(pass ?? startPass(cfg, 'bkv', await payload, nextOwner), step, nextOwner));
+      ({ kv, payload } = await this.receive(pass ?? startPass(cfg, op!, 'bkv', await payload, nextOwner), step, nextOwner));
     }
   }
 }

@@ -107,10 +107,20 @@ function engineRun(o: PlanOptions, spec: ClusterSpec): ResolvedPlan {
     batch: o.batch !== undefined ? parseSize(o.batch, '--batch') : spec.train.batch,
     job: {
       kind: 'engine',
-      engine: { model: m, worldSize: workers, layout, threads, runtimeBytes: machineRuntimeBytes(machineFilePath()), corpusBytes: corpusBytesOf(spec) },
+      engine: { model: m, worldSize: workers, layout, threads, runtimeBytes: machineRuntimeBytes(machineFilePath()), corpusBytes: corpusBytesOf(spec), shmChannels: shmChannelsOf(spec) },
       ...(o.engineMaxBytes !== undefined ? { engineMaxBytes: parseSize(o.engineMaxBytes, '--engine-max-bytes') } : {}),
     },
   };
+}
+
+/** The most shared-memory channels one worker maps (worker.ts opens one per same-host neighbour under auto and shm). */
+function shmChannelsOf(spec: ClusterSpec): { count: number; bytes: number } {
+  const table = rankTable(spec);
+  const n = table.length;
+  if (n < 2 || (spec.ring.transport !== 'auto' && spec.ring.transport !== 'shm')) return { count: 0, bytes: spec.ring.shmBytes };
+  const same = (a: number, b: number) => table[a].host === table[b].host;
+  const count = Math.max(...table.map((_, r) => Number(same(r, (r + 1) % n)) + Number(same(r, (r + n - 1) % n))));
+  return { count, bytes: spec.ring.shmBytes };
 }
 
 /** What the run's text takes in every worker: the joined files, or the built-in corpus at its cap. */

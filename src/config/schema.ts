@@ -122,14 +122,17 @@ const RingSchema = z
       .optional()
       .describe('Address the worker sockets bind to; 0.0.0.0, :: or * mean every interface. Default: the host\'s own address.'),
     transport: z
-      .enum(['auto', 'tcp', 'ipc'])
+      .enum(['auto', 'tcp', 'ipc', 'shm'])
       .default('auto')
-      .describe('`auto`: ipc between two workers on the same host, tcp otherwise. `ipc` needs a single host.'),
+      .describe(
+        '`auto`: between two workers on the same host, large blocks through a shared-memory channel (ring.shmBytes in /dev/shm, where the native addon is built and the space can be reserved) and the rest on ipc; tcp between hosts. `ipc`: ipc only. `shm`: as auto, but an error where the channel cannot be had. `ipc` and `shm` need a single host.',
+      ),
+    shmBytes: sizeSchema.prefault('128M').describe('Size of each same-host link\'s shared-memory channel (size), reserved in /dev/shm when the ring opens; a block larger than it, or arriving while it is full, goes on ipc.'),
     connectTimeoutMs: millis(10000, 'Longest wait for a connection to a peer'),
     rendezvousTimeoutMs: millis(30000, 'Longest wait for every worker to join the coordinator'),
     heartbeatIntervalMs: millis(500, 'Interval between ZeroMQ heartbeats'),
     heartbeatTimeoutMs: millis(3000, 'Silence after which a peer is declared lost; must exceed heartbeatIntervalMs'),
-    opTimeoutMs: millis(120000, 'Longest wait for any single ring message'),
+    opTimeoutMs: millis(120000, 'Backstop: the longest wait for one ring message from a peer whose link is alive (a dead or frozen peer is found by the heartbeats), and how long after the first rank finishes the last may'),
     maxMessageBytes: sizeSchema.prefault('1G').describe('Largest ring message accepted, in bytes (size).'),
     maxQueuedBytes: sizeSchema
       .prefault('4G')
@@ -377,11 +380,11 @@ export const ClusterSpecSchema = z
         message: `heartbeatTimeoutMs ${spec.ring.heartbeatTimeoutMs} must be larger than heartbeatIntervalMs ${spec.ring.heartbeatIntervalMs}`,
       });
     }
-    if (spec.hosts.length > 1 && spec.ring.transport === 'ipc') {
+    if (spec.hosts.length > 1 && (spec.ring.transport === 'ipc' || spec.ring.transport === 'shm')) {
       ctx.addIssue({
         code: 'custom',
         path: ['ring', 'transport'],
-        message: `ipc only connects workers on one machine and the spec has ${spec.hosts.length} hosts; use auto or tcp`,
+        message: `${spec.ring.transport} only connects workers on one machine and the spec has ${spec.hosts.length} hosts; use auto or tcp`,
       });
     }
     const bind = spec.ring.bindAddress;
@@ -427,7 +430,9 @@ export function resolvedSecurity(spec: Pick<ClusterSpec, 'security' | 'hosts'>):
 
 /** `ring.transport: auto` resolved for the link between two hosts (by name). */
 export function resolvedTransport(spec: Pick<ClusterSpec, 'ring'>, hostA: string, hostB: string): 'tcp' | 'ipc' {
-  if (spec.ring.transport !== 'auto') return spec.ring.transport;
+  const t = spec.ring.transport;
+  if (t === 'tcp' || t === 'ipc') return t;
+  // shm hands its blocks over on ipc.
   return hostA === hostB ? 'ipc' : 'tcp';
 }
 

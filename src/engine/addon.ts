@@ -1,6 +1,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import type { ShmNative } from '../ring/shm.js';
 import type { WireNative } from '../ring/wire.js';
 
 /**
@@ -93,4 +94,11 @@ export function loadSumInto(): ((dst: Float32Array, src: Float32Array) => void) 
 export function loadWireNative(): WireNative | null {
   const { addon } = loadAddon<Partial<WireNative>>();
   return typeof addon?.toWire === 'function' && typeof addon.fromWire === 'function' ? (addon as WireNative) : null;
+}
+
+/** The addon's shared-memory channel (native/shm.cc, Linux only), or null where the addon or the platform lacks it. */
+export function loadShmNative(): ShmNative | null {
+  const { addon } = loadAddon<Partial<ShmNative>>();
+  const names: (keyof ShmNative)[] = ['shmCreate', 'shmOpen', 'shmCapacity', 'shmFree', 'shmPut', 'shmTake', 'shmClose'];
+  return addon && names.every((n) => typeof addon[n] === 'function') ? (addon as ShmNative) : null;
 }

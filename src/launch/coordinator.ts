@@ -1,12 +1,19 @@
 import * as zmq from 'zeromq';
 import type { Payload } from '../ring/frame.js';
-import { guardServer, type CurveKeys } from '../ring/transport.js';
+import { guardServer, type CurveKeys } from '../ring/zap.js';
 import { decodeControl, encodeControl, MAX_CONTROL_BYTES, PROTOCOL_VERSION, type CoordinatorMessage, type PeerEntry, type WorkerMessage } from './protocol.js';
 
 /**
  * The coordinator: a ROUTER socket that workers (DEALERs) report to. It runs
  * the rendezvous (every rank says hello; once all have, each gets the peer
  * table), relays driver inputs and worker results, and collects failures.
+ *
+ * Every wait of the control plane is bounded: the rendezvous by
+ * rendezvousTimeoutMs; waits whose length is the job's own (results, done) by
+ * liveness: a ping to each rank every heartbeat interval fails once ZeroMQ has
+ * dropped that rank's link (silent past heartbeatTimeoutMs: killed, frozen, its
+ * host gone), which fails the job naming the rank; and once one rank is done,
+ * the others must be within `doneSpreadMs`.
  */
 
 export interface CoordinatorOptions {
@@ -20,6 +27,8 @@ export interface CoordinatorOptions {
   curve?: CurveKeys;
   /** Keep retrying a bind that finds the port in use for this long (a restart right after a stop). */
   bindRetryMs?: number;
+  /** Once one rank has finished, the longest wait for all others (they end within a ring goodbye of each other). */
+  doneSpreadMs: number;
 }
 
 export interface WorkerFailure {
@@ -44,6 +53,11 @@ export class Coordinator {
   private readonly done = new Set<number>();
   private onChange: () => void = () => undefined;
   private closed = false;
+  /** Sends one at a time: zeromq.js allows one pending send per socket, and a mandatory ROUTER can block. */
+  private sendChain: Promise<void> = Promise.resolve();
+  private readonly lost = new Set<number>();
+  private pinger: NodeJS.Timeout | null = null;
+  private pinging = false;
   private releaseGuard: () => void = () => undefined;
   /** Called for every failure a worker reports, and for protocol violations. */
   onFailure: (f: WorkerFailure) => void = () => undefined;
@@ -52,6 +66,11 @@ export class Coordinator {
     this.opts = opts;
     this.router = new zmq.Router({
       linger: 500,
+      // A send to a rank whose link is gone fails (EHOSTUNREACH) instead of vanishing: that is the liveness probe.
+      mandatory: true,
+      // Mandatory also makes a send wait (EAGAIN) while a peer's link is being torn down: one heartbeat at most,
+      // so the next ping finds it gone. (Queues are counted in messages, so a live peer never fills one.)
+      sendTimeout: opts.heartbeatIntervalMs,
       maxMessageSize: MAX_CONTROL_BYTES,
       heartbeatInterval: opts.heartbeatIntervalMs,
       heartbeatTimeout: opts.heartbeatTimeoutMs,
@@ -65,7 +84,7 @@ export class Coordinator {
 
   static async start(opts: CoordinatorOptions): Promise<Coordinator> {
     const c = new Coordinator(opts);
-    c.releaseGuard = await guardServer(c.router, opts.curve);
+    c.releaseGuard = (await guardServer(c.router, opts.curve)).release;
     const until = Date.now() + (opts.bindRetryMs ?? 0);
     for (;;) {
       try {
@@ -81,7 +100,33 @@ export class Coordinator {
       }
     }
     void c.loop();
+    c.pinger = setInterval(() => c.ping(), opts.heartbeatIntervalMs);
+    c.pinger.unref();
     return c;
+  }
+
+  /** Pings every rank that joined and has not finished; one whose link ZeroMQ dropped is reported once. */
+  private ping(): void {
+    // One round at a time: a round held up by a peer that takes nothing must not pile more behind it.
+    if (this.pinging || this.closed) return;
+    this.pinging = true;
+    const round = [...this.identities].filter(([rank]) => !this.done.has(rank) && !this.lost.has(rank));
+    const pings = round.map(([rank, id]) =>
+      this.enqueue([id, ...encodeControl({ type: 'ping' })]).catch((err: { code?: string }) => {
+        // EAGAIN (a peer not reading, e.g. a long synchronous compute) is not a lost link; ZeroMQ's heartbeats decide that.
+        if (err.code !== 'EHOSTUNREACH' || this.closed || this.done.has(rank) || this.lost.has(rank)) return;
+        this.lost.add(rank);
+        this.onFailure({ rank, host: this.opts.hostOf(rank), message: `lost the link to the launcher: silent past ring.heartbeatTimeoutMs (${(this.opts.heartbeatTimeoutMs / 1000).toFixed(1)} s)` });
+        this.onChange();
+      }),
+    );
+    void Promise.all(pings).then(() => (this.pinging = false));
+  }
+
+  private enqueue(frames: Array<Buffer | Payload>): Promise<void> {
+    const p = this.sendChain.then(() => this.router.send(frames));
+    this.sendChain = p.catch(() => undefined);
+    return p;
   }
 
   /** Waits for every rank's hello, checks them, and sends out the peer table. */
@@ -111,7 +156,7 @@ export class Coordinator {
   async send(rank: number, msg: CoordinatorMessage, blobs: Payload[] = []): Promise<void> {
     const id = this.identities.get(rank);
     if (!id || this.closed) return;
-    await this.router.send([id, ...encodeControl(msg, blobs)]);
+    await this.enqueue([id, ...encodeControl(msg, blobs)]);
   }
 
   result(rank: number, name: string): Promise<Pending> {
@@ -125,9 +170,21 @@ export class Coordinator {
     });
   }
 
-  /** Resolves when every rank has reported that its job finished. */
+  /** Resolves when every rank has reported that its job finished; throws naming the ranks still out `doneSpreadMs` after the first. */
   async allDone(): Promise<void> {
-    while (this.done.size < this.opts.worldSize && !this.closed) await this.changed();
+    let deadline = Infinity;
+    while (this.done.size < this.opts.worldSize && !this.closed) {
+      if (this.done.size > 0 && deadline === Infinity) deadline = Date.now() + this.opts.doneSpreadMs;
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        const first = [...this.done][0];
+        const missing = [...Array(this.opts.worldSize).keys()].filter((r) => !this.done.has(r));
+        throw new Error(
+          `${missing.map((r) => `rank ${r} (${this.opts.hostOf(r)})`).join(', ')} did not finish within ${(this.opts.doneSpreadMs / 1000).toFixed(0)} s of rank ${first}`,
+        );
+      }
+      await this.changed(Number.isFinite(left) ? left : undefined);
+    }
   }
 
   hasFinished(rank: number): boolean {
@@ -140,6 +197,7 @@ export class Coordinator {
 
   close(): void {
     this.closed = true;
+    if (this.pinger) clearInterval(this.pinger);
     this.router.close();
     this.releaseGuard();
     this.onChange();

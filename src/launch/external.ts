@@ -2,7 +2,7 @@ import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { rankTable, resolvedSecurity, specHash, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
-import { isCurveKeys, type CurveKeys } from '../ring/transport.js';
+import { isCurveKeys, type CurveKeys } from '../ring/zap.js';
 import { Coordinator } from './coordinator.js';
 import { loadJob } from './jobs.js';
 import { driverContext, tcp } from './launcher.js';
@@ -94,6 +94,8 @@ export async function runExternalWorker(spec: ClusterSpec, configFile: string, k
     rendezvousTimeoutMs: spec.ring.rendezvousTimeoutMs,
     heartbeatIntervalMs: spec.ring.heartbeatIntervalMs,
     heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs,
+    // The ring's backstop, and one goodbye: every rank's end is within that of another's.
+    doneSpreadMs: spec.ring.opTimeoutMs + spec.ring.connectTimeoutMs,
     hostOf: (r) => table[r].host,
     curve,
   });

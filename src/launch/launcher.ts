@@ -8,7 +8,7 @@ import * as zmq from 'zeromq';
 import { rankTable, resolvedLaunch, resolvedSecurity, specHash, isLoopback, type ClusterSpec, type HostSpec, type RankEntry } from '../config/index.js';
 import { ADAPTERS_ENV } from '../engine/webgpu/device.js';
 import { UserError } from '../errors.js';
-import type { CurveKeys } from '../ring/transport.js';
+import type { CurveKeys } from '../ring/zap.js';
 import { Coordinator, type WorkerFailure } from './coordinator.js';
 import type { DriverContext } from './job.js';
 import { loadJob } from './jobs.js';
@@ -212,6 +212,8 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
     rendezvousTimeoutMs: spec.ring.rendezvousTimeoutMs,
     heartbeatIntervalMs: spec.ring.heartbeatIntervalMs,
     heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs,
+    // The ring's backstop, and one goodbye: every rank's end is within that of another's.
+    doneSpreadMs: spec.ring.opTimeoutMs + spec.ring.connectTimeoutMs,
     hostOf: (r) => table[r].host,
     curve,
     // The previous attempt's coordinator may still be releasing the port.
@@ -428,9 +430,12 @@ function rootCause(failures: Array<WorkerFailure & { died: boolean }>): WorkerFa
     if (lost) return { rank: Number(lost[1]), host: lost[2], message: `stopped answering (its predecessor, rank ${f.rank}, lost the link to it)` };
   }
   for (const f of reported) {
-    const waited = /timed out after ([\d.]+ s) waiting for "([^"]*)" from rank (\d+) \(([^)]*)\)$/.exec(f.message);
+    const waited = /timed out after ([\d.]+ s) waiting for "([^"]*)" of op \d+ \([^)]*\) from rank (\d+) \(([^)]*)\)/.exec(f.message);
     if (waited) return { rank: Number(waited[3]), host: waited[4], message: `did not send "${waited[2]}" to rank ${f.rank} within ${waited[1]}` };
   }
+  // Only the launcher saw it: no ring neighbour did (a ring of one, or a hang outside the ring's waits).
+  const silent = reported.find((f) => /^lost the link to the launcher/.test(f.message));
+  if (silent) return { ...silent, message: `stopped answering (its link to the launcher went silent)` };
   return reported[0] ?? failures.find((f) => f.died) ?? failures[0];
 }
 
@@ -455,11 +460,14 @@ async function killRemote(p: RankProcess, pid: number | undefined): Promise<void
   });
 }
 
+/** The job's ipc sockets (/tmp) and shared-memory channels (/dev/shm), whatever became of the workers that made them. */
 function removeIpcFiles(jobId: string): void {
-  try {
-    for (const f of readdirSync('/tmp')) if (f.startsWith(`ringattn-${jobId}-`)) rmSync(path.join('/tmp', f), { force: true });
-  } catch {
-    // /tmp unreadable: nothing of ours can be there.
+  for (const dir of ['/tmp', '/dev/shm']) {
+    try {
+      for (const f of readdirSync(dir)) if (f.startsWith(`ringattn-${jobId}-`)) rmSync(path.join(dir, f), { force: true });
+    } catch {
+      // Unreadable or absent: nothing of ours can be there.
+    }
   }
 }
 

@@ -28,7 +28,9 @@ export type CoordinatorMessage =
   | { type: 'input'; name: string; value: unknown }
   | { type: 'abort'; reason: string }
   /** The coordinator has the worker's `done`: only now may the worker exit (a sent message is only queued). */
-  | { type: 'bye' };
+  | { type: 'bye' }
+  /** Liveness: a rank whose link has gone (silent past the heartbeat timeout) makes this send fail at the coordinator. */
+  | { type: 'ping' };
 
 export interface Envelope<T> {
   msg: T;

@@ -5,7 +5,9 @@ import * as zmq from 'zeromq';
 import { specHash, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
 import type { Payload } from '../ring/frame.js';
-import { Ring, type CurveKeys } from '../ring/transport.js';
+import { shmAvailable, shmPath, ShmWriter } from '../ring/shm.js';
+import { Ring } from '../ring/transport.js';
+import type { CurveKeys } from '../ring/zap.js';
 import { faultPointFromEnv } from './fault.js';
 import type { WorkerContext } from './job.js';
 import { loadJob } from './jobs.js';
@@ -41,6 +43,28 @@ function bindEndpoint(role: WorkerRole): string {
   const port = new URL(role.endpoint.replace('tcp://', 'http://')).port;
   const bindAddress = role.spec.ring.bindAddress ?? new URL(role.endpoint.replace('tcp://', 'http://')).hostname.replace(/^\[|\]$/g, '');
   return `tcp://${bindAddress.includes(':') ? `[${bindAddress}]` : bindAddress}:${port}`;
+}
+
+/**
+ * The successor's shared-memory channel, where the spec and this host allow
+ * one: `auto` does without (saying why) where the addon lacks it or /dev/shm
+ * cannot hold it; `shm` makes that the user's error.
+ */
+function openShmChannel(role: WorkerRole, next: PeerEntry, log: Logger): ShmWriter | undefined {
+  const t = role.spec.ring.transport;
+  if (next.host !== role.host || role.worldSize < 2 || (t !== 'auto' && t !== 'shm')) return undefined;
+  const path = shmPath(role.jobId, role.rank);
+  try {
+    if (!shmAvailable()) throw new Error('the native addon is not built, or was built without native/shm.cc');
+    // A channel left by an earlier attempt of this job (killed before it could remove it) is ours to replace.
+    rmSync(path, { force: true });
+    return ShmWriter.create(path, role.spec.ring.shmBytes);
+  } catch (err) {
+    const why = (err as Error).message.replace(/^ringattn shm: /, '');
+    if (t === 'shm') throw new UserError(`rank ${role.rank} (${role.host}): ring.transport shm: no shared-memory channel to rank ${next.rank}: ${why}`);
+    log.warn(`no shared-memory channel to rank ${next.rank} (${why}); its blocks go on ipc`);
+    return undefined;
+  }
 }
 
 /** ipc between two ranks on one host when the spec allows it, tcp otherwise. */
@@ -109,9 +133,12 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
     const prev = peers[(role.rank + n - 1) % n];
     const binds = [bindEndpoint(role)];
     const ipcBinds = prev.host === role.host && spec.ring.transport !== 'tcp' && n > 1 ? [ipcPath(role.jobId, role.rank)] : [];
-    // However this process ends (abort, lost launcher), its socket file goes with it.
+    const shmSend = openShmChannel(role, next, log);
+    const shmRecv = prev.host === role.host && n > 1 && (spec.ring.transport === 'auto' || spec.ring.transport === 'shm') ? shmPath(role.jobId, prev.rank) : undefined;
+    // However this process ends (abort, lost launcher), its socket and channel files go with it.
     process.once('exit', () => {
       for (const ep of ipcBinds) rmSync(ep.slice('ipc://'.length), { force: true });
+      if (shmSend) rmSync(shmSend.path, { force: true });
     });
     const job = await loadJob(role.job.kind);
     ring = await Ring.open({
@@ -128,6 +155,8 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
       heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs,
       maxMessageBytes: spec.ring.maxMessageBytes,
       maxQueuedBytes: spec.ring.maxQueuedBytes,
+      shmSend,
+      shmRecv,
       curve: role.curve,
       onFailure: (err) => {
         void send({ type: 'failed', message: err.message }).catch(() => undefined);

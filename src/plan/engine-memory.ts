@@ -51,6 +51,13 @@ export interface EngineJob {
   runtimeBytes: number;
   /** Bytes of training text every worker holds (text data; 0 for the synthetic tasks). */
   corpusBytes: number;
+  /**
+   * Shared-memory channels a worker maps (src/ring/shm.ts), at most: one to a
+   * same-host successor, one from a same-host predecessor; each ring.shmBytes.
+   * The channel is a ring buffer, so after a few steps every page has been
+   * touched and counts in the RSS of both ends. Absent: none.
+   */
+  shmChannels?: { count: number; bytes: number };
 }
 
 const roundUp = (x: number, m: number): number => Math.ceil(x / m) * m;
@@ -109,6 +116,12 @@ export function engineTerms(job: EngineJob): JobTerm[] {
     t('ringBackward', n * qDim + heads * n + 2 * kv + (N > 1 ? 2 * kv + hops * 2 * kv + 2 * kv : 0) + hops * 2 * kv, 'attentionBackward',
       `dq, delta; step 0's dk, dv${N > 1 ? `; the scratch pair; ${hops} dK/dV accumulator(s) received; the rank's own dK/dV home` : ''}; ${hops} received KV block(s)`),
     { name: 'corpus', bytes: job.corpusBytes, phase: 'always', count: 'the training text, joined (text data only)' },
+    {
+      name: 'shmChannels',
+      bytes: (job.shmChannels?.count ?? 0) * (job.shmChannels?.bytes ?? 0),
+      phase: 'always',
+      count: job.shmChannels?.count ? `${job.shmChannels.count} shared-memory channel(s) of ring.shmBytes to same-host neighbours` : 'none (no same-host neighbour, or ring.transport tcp or ipc)',
+    },
     // In place: what the all-reduce allocates is the segments it receives (a chunk per stage) and the copies
     // it sends in the all-gather (a chunk per stage), none reclaimed before the call returns.
     t('allReduce', 3 * (N - 1) * Math.ceil(reduceLen / N), 'allReduce',

@@ -2,15 +2,18 @@ import type { Tensor } from './frame.js';
 import type { Ring, Sendable } from './transport.js';
 
 /**
- * Collectives built on the ring's two links. Every rank calls them in the same
- * order (SPMD); each works for any ring size, including 1 and odd sizes.
+ * Collectives built on the ring's two links, each one ring op (its phase is
+ * its tag). Every rank calls them in the same order (SPMD); each works for any
+ * ring size, including 1 and odd sizes.
  */
 
 /** Sends `items` to the successor and returns what the predecessor sent: one ring hop. */
 export async function ringPass(ring: Ring, tag: string, items: Sendable[]): Promise<Tensor[]> {
-  const { sent, received } = ring.sendRecv(tag, items);
+  const op = ring.begin(tag, [tag]);
+  const { sent, received } = op.sendRecv(tag, items);
   const got = await received;
   await sent;
+  op.end();
   return got.tensors;
 }
 
@@ -66,6 +69,7 @@ export async function allReduceSum(ring: Ring, x: Float32Array, opts: AllReduceO
   const acc = inPlace ? x : x.slice();
   if (n === 1) return acc;
   const r = ring.rank;
+  const op = ring.begin(tag, [tag]);
   const seg = Math.max(1, Math.floor(segmentBytes / 4));
   const chunkLen = Math.ceil(acc.length / n);
   const S = Math.max(1, Math.ceil(chunkLen / seg));
@@ -81,7 +85,7 @@ export async function allReduceSum(ring: Ring, x: Float32Array, opts: AllReduceO
   const sends: Promise<void>[] = [];
   const send = (t: number, j: number) => {
     const data = segment(sentChunk(t), j);
-    const p = ring.send(tag, [t < n - 1 ? data : data.slice()]);
+    const p = op.send(tag, [t < n - 1 ? data : data.slice()]);
     p.catch(() => undefined);
     sends.push(p);
   };
@@ -90,7 +94,7 @@ export async function allReduceSum(ring: Ring, x: Float32Array, opts: AllReduceO
     // What arrives at stage t is the chunk our predecessor sent: the one we send at stage t + 1.
     const into = sentChunk(t + 1);
     for (let j = 0; j < S; j++) {
-      const [got] = await ring.recv(tag);
+      const [got] = await op.recv(tag);
       const dst = segment(into, j);
       const src = got.data as Float32Array;
       if (src.length !== dst.length) throw new Error(`allReduceSum: rank ${r} got a segment of ${src.length} values at stage ${t}, expected ${dst.length}`);
@@ -100,6 +104,7 @@ export async function allReduceSum(ring: Ring, x: Float32Array, opts: AllReduceO
     }
   }
   await Promise.all(sends);
+  op.end();
   return acc;
 }
 
@@ -113,12 +118,15 @@ export async function barrier(ring: Ring): Promise<void> {
 export async function broadcast(ring: Ring, items: Sendable[] | null, root = 0, tag = 'broadcast'): Promise<Tensor[]> {
   const n = ring.worldSize;
   const last = mod(root - 1, n);
+  const op = ring.begin(tag, [tag]);
+  let got: Tensor[];
   if (ring.rank === root) {
-    const tensors = items!.map((x) => (ArrayBuffer.isView(x) ? { data: x, shape: [x.length] } : x));
-    if (n > 1) await ring.send(tag, tensors);
-    return tensors;
+    got = items!.map((x) => (ArrayBuffer.isView(x) ? { data: x, shape: [x.length] } : x));
+    if (n > 1) await op.send(tag, got);
+  } else {
+    got = await op.recv(tag);
+    if (ring.rank !== last) await op.send(tag, got);
   }
-  const got = await ring.recv(tag);
-  if (ring.rank !== last) await ring.send(tag, got);
+  op.end();
   return got;
 }

@@ -4,8 +4,14 @@
  * message is recognised before any payload is trusted:
  *
  *   0  magic "RING"      4  version u8   5  payload count u8   6  tag length u8   7  part u8
- *   8  job id (8 bytes)  16 sequence u32  20 source rank u32   24 tag (24 bytes, ASCII)
- *   48 per payload, 24 bytes: dtype u8, rank of shape u8, reserved u16, dims 4 x u32
+ *   8  job id (8 bytes)  16 sequence u32  20 source rank u32
+ *   24 step u32          28 op u32       32 tag (24 bytes, ASCII)   56 phase (16 bytes, ASCII)
+ *   72 per payload, 24 bytes: dtype u8, rank of shape u8, reserved u16, dims 4 x u32
+ *
+ * Step, op and phase say which exchange a message belongs to (src/ring/transport.ts):
+ * every rank runs the same sequence of ring ops, so op n on the sender is op n on
+ * the receiver, and a message for an op the receiver has finished, or one whose
+ * phase, step or tag that op cannot have, is caught the moment it arrives.
  *
  * The byte length of each payload follows from dtype and shape and must equal
  * the frame's actual length.
@@ -14,6 +20,8 @@
  * message whose payloads follow as raw byte chunks; 2 = one such chunk (one
  * frame, no descriptors). Chunking keeps every frame small, so ZeroMQ's
  * heartbeats, which travel between frames, are never stuck behind a 1 GiB one.
+ * 3 = a message whose payloads lie in the link's shared-memory channel
+ * (src/ring/shm.ts): one frame after the header, its descriptor (3 x f64).
  */
 
 export type Payload = Float32Array | Int32Array | Uint8Array | Float64Array | Uint16Array;
@@ -27,25 +35,32 @@ export interface Tensor {
   dtype?: DType;
 }
 
-export type FramePart = 'whole' | 'head' | 'chunk';
-const PARTS: FramePart[] = ['whole', 'head', 'chunk'];
+export type FramePart = 'whole' | 'head' | 'chunk' | 'shm';
+const PARTS: FramePart[] = ['whole', 'head', 'chunk', 'shm'];
 
 export interface FrameHeader {
   jobId: string; // 16 hex digits
   part?: FramePart;
   seq: number;
   srcRank: number;
+  /** The sender's training step (0 outside training). */
+  step: number;
+  /** Index of the ring op (one run of a ring algorithm) on the sender; 0 is the ring's own hello and bye. */
+  op: number;
+  /** The op's name, e.g. "attn.fwd", "grads". */
+  phase: string;
   tag: string;
   tensors: Array<{ dtype: DType; shape: number[] }>;
 }
 
-export const FRAME_VERSION = 1;
+export const FRAME_VERSION = 2;
 const MAGIC = 0x474e4952; // "RING" read as little-endian u32
-const FIXED = 48;
+const FIXED = 72;
 const PER_TENSOR = 24;
 const MAX_TENSORS = 16;
 const MAX_RANK = 4;
 const TAG_BYTES = 24;
+const PHASE_BYTES = 16;
 
 const DTYPES: DType[] = ['float32', 'int32', 'uint8', 'float64', 'bfloat16', 'float16'];
 const BYTES: Record<DType, number> = { float32: 4, int32: 4, uint8: 1, float64: 8, bfloat16: 2, float16: 2 };
@@ -74,6 +89,7 @@ export function byteLengthOf(dtype: DType, shape: number[]): number {
 export function encodeHeader(h: FrameHeader): Buffer {
   if (h.tensors.length > MAX_TENSORS) throw new FrameError(`at most ${MAX_TENSORS} payloads per message`);
   if (h.tag.length > TAG_BYTES || !/^[\x20-\x7e]*$/.test(h.tag)) throw new FrameError(`bad tag "${h.tag}"`);
+  if (h.phase.length > PHASE_BYTES || !/^[\x21-\x7e]*$/.test(h.phase)) throw new FrameError(`bad phase "${h.phase}"`);
   const buf = Buffer.alloc(FIXED + PER_TENSOR * h.tensors.length);
   buf.writeUInt32LE(MAGIC, 0);
   buf.writeUInt8(FRAME_VERSION, 4);
@@ -83,7 +99,10 @@ export function encodeHeader(h: FrameHeader): Buffer {
   buf.write(h.jobId, 8, 8, 'hex');
   buf.writeUInt32LE(h.seq >>> 0, 16);
   buf.writeUInt32LE(h.srcRank, 20);
-  buf.write(h.tag, 24, TAG_BYTES, 'ascii');
+  buf.writeUInt32LE(h.step >>> 0, 24);
+  buf.writeUInt32LE(h.op >>> 0, 28);
+  buf.write(h.tag, 32, TAG_BYTES, 'ascii');
+  buf.write(h.phase, 56, PHASE_BYTES, 'ascii');
   h.tensors.forEach((t, i) => {
     if (t.shape.length > MAX_RANK) throw new FrameError(`payload rank ${t.shape.length} > ${MAX_RANK}`);
     const o = FIXED + i * PER_TENSOR;
@@ -120,7 +139,10 @@ export function decodeHeader(buf: Buffer): FrameHeader {
     part,
     seq: buf.readUInt32LE(16),
     srcRank: buf.readUInt32LE(20),
-    tag: buf.toString('ascii', 24, 24 + tagLen),
+    step: buf.readUInt32LE(24),
+    op: buf.readUInt32LE(28),
+    phase: buf.toString('ascii', 56, 56 + PHASE_BYTES).replace(/\0+$/, ''),
+    tag: buf.toString('ascii', 32, 32 + tagLen),
     tensors,
   };
 }

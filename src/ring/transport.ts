@@ -1,31 +1,40 @@
-import { randomBytes } from 'node:crypto';
 import * as zmq from 'zeromq';
 import { loadAddon } from '../engine/addon.js';
 import { byteLengthOf, decodeHeader, encodeHeader, tensorDType, FrameError, payloadFromFrame, type DType, type FrameHeader, type FramePart, type Payload, type Tensor } from './frame.js';
+import { ShmReader, ShmWriter, type ShmDescriptor } from './shm.js';
+import { guardServer, type CurveKeys, type ServerGuard } from './zap.js';
 
 /**
  * The ring's data plane for one worker: a PULL socket bound for the predecessor
- * and a PUSH socket connected to the successor. Everything else (ring pass,
- * all-reduce, ring attention) is built from `send` and `recv`.
+ * and a PUSH socket connected to the successor. Every ring algorithm (ring
+ * attention forward and backward, the collectives) runs as one *ring op*:
+ * `ring.begin(phase, tags)` opens it, its `sendRecv`/`send`/`recv` move the
+ * blocks, `end()` closes it. Every rank begins the same ops in the same order
+ * (SPMD), so op n here is op n on both neighbours.
  *
- * - `send` is queued: zeromq.js allows one pending send per socket, and a typed
- *   array handed to it is sent zero-copy, so callers must never mutate it again.
- * - A background loop drains the PULL socket and files messages by tag, so
- *   streams with different tags (KV blocks and dKV accumulators) may interleave.
- * - Every message carries the job id and a per-link sequence number; a foreign,
- *   out-of-order or malformed message fails the ring loudly, and every wait has
- *   a timeout that names the peer.
+ * - A send with nothing queued ahead goes to ZeroMQ before `send` returns, so a
+ *   synchronous compute right after it hides the transfer; zeromq.js sends a
+ *   typed array zero-copy, so callers must never mutate what they sent.
+ * - A background loop drains the PULL socket and files messages by op and tag,
+ *   so streams of different tags (KV blocks and dKV accumulators) interleave.
+ * - Each message says job, sequence, step, op, phase and tag. One this rank
+ *   cannot be waiting for fails the ring the moment it arrives, naming both
+ *   ranks and the expected and received message: a foreign job, a lost or
+ *   duplicated sequence number, a stale step, an op already finished, a phase
+ *   or tag the op does not have, a chunk stream cut short. Messages for ops not
+ *   begun yet (a predecessor ahead) wait, checked when the op begins, within
+ *   ring.maxQueuedBytes.
+ * - Memory is bounded: ZeroMQ's queues hold at most HIGH_WATER_MARK messages of
+ *   at most one chunk each way, the inbox at most maxQueuedBytes, and once the
+ *   predecessor is connected nobody else may connect.
+ * - Waits for data end when the link dies (ZeroMQ heartbeats) or the ring
+ *   fails; opTimeoutMs is only the backstop for a peer that is alive but silent.
  */
 
 export interface RingPeer {
   rank: number;
   host: string;
   endpoint: string;
-}
-
-export interface CurveKeys {
-  publicKey: string;
-  secretKey: string;
 }
 
 export interface RingOptions {
@@ -52,113 +61,17 @@ export interface RingOptions {
   maxQueuedBytes?: number;
   /** One key pair per job: a process without it can neither connect nor be connected to. */
   curve?: CurveKeys;
+  /**
+   * A successor on this host: messages of SHM_MIN_BYTES and more go through
+   * this shared-memory channel (src/ring/shm.ts; the ring closes and unlinks
+   * it), ZeroMQ carrying only their descriptors; a message that does not fit
+   * it now goes on ZeroMQ.
+   */
+  shmSend?: ShmWriter;
+  /** A predecessor on this host: where its channel is, opened at its first such message. */
+  shmRecv?: string;
   /** Called once when the ring fails (peer lost, protocol error); the job should stop. */
   onFailure?: (err: Error) => void;
-}
-
-/**
- * A ZAP (ZeroMQ RFC 27) handler for the sockets that accept connections (the
- * coordinator's ROUTER, each rank's PULL):
- * - with CURVE, a client must prove it holds the job's own key pair (every
- *   member of a job uses the same one); CURVE alone would let in any client
- *   that knows the server's public key;
- * - without, it still matters that ZAP is on: libzmq then refuses peers that
- *   speak the unversioned ZMTP 1.0 or 2.0, as which it would otherwise read any
- *   raw TCP stream (an HTTP request, random bytes) as messages.
- * One handler serves every such socket of the process, told apart by a ZAP
- * domain; it lives while at least one guarded socket does.
- */
-const ZAP_ENDPOINT = 'inproc://zeromq.zap.01';
-/** Domain -> the client key CURVE peers must present, or null for NULL security. */
-const zapDomains = new Map<string, Buffer | null>();
-let zapHandler: Promise<zmq.Router> | null = null;
-
-async function startZapHandler(): Promise<zmq.Router> {
-  const router = new zmq.Router({ linger: 0 });
-  // A handler just released may still hold the endpoint while its close completes.
-  for (let attempt = 0; ; attempt++) {
-    try {
-      await router.bind(ZAP_ENDPOINT);
-      break;
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'EADDRINUSE' || attempt >= 200) throw err;
-      await new Promise((r) => setTimeout(r, 10));
-    }
-  }
-  void (async () => {
-    try {
-      for await (const frames of router) {
-        // [peer id, empty, version, request id, domain, address, identity, mechanism, credentials...]
-        const [id, empty, version, requestId, domain, , , mechanism, key] = frames;
-        const allowed = zapDomains.get(domain?.toString() ?? '');
-        const mech = mechanism?.toString();
-        const ok =
-          version?.toString() === '1.0' &&
-          allowed !== undefined &&
-          (allowed === null ? mech === 'NULL' : mech === 'CURVE' && key !== undefined && allowed.equals(key));
-        await router.send([id, empty ?? Buffer.alloc(0), '1.0', requestId ?? Buffer.alloc(0), ok ? '200' : '400', ok ? 'OK' : 'not a member of this job', '', '']);
-      }
-    } catch {
-      // closed
-    }
-  })();
-  return router;
-}
-
-/**
- * Puts `socket` (not yet bound) under the ZAP handler: with `keys` (a CURVE
- * server) it accepts only clients holding them; without, only ZMTP 3 peers.
- * Returns the release to call when the socket closes.
- */
-export async function guardServer(socket: zmq.Socket, keys?: CurveKeys): Promise<() => void> {
-  const domain = `ringattn-${randomBytes(8).toString('hex')}`;
-  socket.zapDomain = domain;
-  zapDomains.set(domain, keys ? z85Decode(keys.publicKey) : null);
-  zapHandler ??= startZapHandler();
-  try {
-    await zapHandler;
-  } catch (err) {
-    zapDomains.delete(domain);
-    zapHandler = null;
-    throw err;
-  }
-  let released = false;
-  return () => {
-    if (released) return;
-    released = true;
-    zapDomains.delete(domain);
-    if (zapDomains.size === 0 && zapHandler) {
-      const h = zapHandler;
-      zapHandler = null;
-      void h.then((r) => r.close()).catch(() => undefined);
-    }
-  };
-}
-
-const Z85 = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#';
-
-/** Z85 (ZeroMQ RFC 32) text to bytes: each 5 characters are a big-endian base-85 number of 4 bytes. */
-export function z85Decode(text: string): Buffer {
-  if (text.length % 5 !== 0) throw new Error('a Z85 string has a multiple of 5 characters');
-  const out = Buffer.alloc((text.length / 5) * 4);
-  for (let i = 0; i < text.length; i += 5) {
-    let v = 0;
-    for (let j = 0; j < 5; j++) {
-      const d = Z85.indexOf(text[i + j]);
-      if (d < 0) throw new Error(`not a Z85 character: ${JSON.stringify(text[i + j])}`);
-      v = v * 85 + d;
-    }
-    if (v > 0xffffffff) throw new Error('Z85 group out of range');
-    out.writeUInt32BE(v, (i / 5) * 4);
-  }
-  return out;
-}
-
-/** A well-formed key pair: two 40-character Z85 strings (32 bytes each). */
-export function isCurveKeys(x: unknown): x is CurveKeys {
-  const k = x as Partial<CurveKeys> | null;
-  const ok = (s: unknown) => typeof s === 'string' && s.length === 40 && [...s].every((c) => Z85.includes(c));
-  return typeof k === 'object' && k !== null && ok(k.publicKey) && ok(k.secretKey);
 }
 
 export class RingError extends Error {
@@ -174,6 +87,8 @@ export interface RingStats {
   bytesReceived: number;
   /** Total time `recv` callers spent waiting for a message that had not arrived yet. */
   waitMs: number;
+  /** Messages sent through the shared-memory channel (the rest went on ZeroMQ). */
+  messagesViaShm: number;
 }
 
 /** A received message with the time (performance.now()) its last frame was taken off the socket. */
@@ -182,20 +97,73 @@ export interface Message {
   arrivedAt: number;
 }
 
+export type Sendable = Payload | Tensor;
+
+/**
+ * One run of a ring algorithm, the helper every one of them moves blocks with
+ * (in the spirit of ring-flash-attention's RingComm). Its tags are declared at
+ * `begin`: a message of another tag, or one more than the op takes, is a
+ * protocol error.
+ */
+export interface RingOp {
+  readonly index: number;
+  readonly phase: string;
+  readonly step: number;
+  /**
+   * One hop: hands `items` to the successor now (to ZeroMQ before this returns
+   * when nothing is queued ahead, so the caller's next compute hides the
+   * transfer) and returns the predecessor's next message of the same tag. Both
+   * promises are observed here, so one left unawaited after a failure cannot
+   * crash the process.
+   */
+  sendRecv(tag: string, items: Sendable[]): { sent: Promise<void>; received: Promise<Message> };
+  /** Queues a message to the successor; resolves once ZeroMQ has taken it. Never mutate what was sent. */
+  send(tag: string, items: Sendable[]): Promise<void>;
+  /** The predecessor's next message of `tag` in this op. */
+  recv(tag: string, timeoutMs?: number): Promise<Tensor[]>;
+  recvMessage(tag: string, timeoutMs?: number): Promise<Message>;
+  /** Closes the op: a message of it left unreceived, or arriving later, fails the ring. */
+  end(): void;
+}
+
 interface Waiter {
   resolve: (m: Message) => void;
   reject: (e: Error) => void;
   timer: NodeJS.Timeout;
 }
 
-export type Sendable = Payload | Tensor;
+/** What this rank knows of one op: begun here (tags known), or only heard of from the predecessor. */
+interface OpState {
+  op: number;
+  /** Set at begin; until then, what the predecessor's first message of it said. */
+  phase: string;
+  step: number;
+  tags: Set<string> | null;
+  inbox: Map<string, Message[]>;
+  waiters: Map<string, Waiter[]>;
+  /** The header of the first message heard for an op not begun yet, to check at begin. */
+  heard?: FrameHeader;
+}
+
+/** Op 0: the ring's own hello and goodbye, open for the ring's whole life. */
+const CONTROL_OP = 0;
+const CONTROL_PHASE = 'ring';
+
+/**
+ * ZeroMQ's queue bound per link and direction, in messages. No frame exceeds
+ * one chunk (CHUNK_BYTES), so each queue holds at most ~64 MiB; past it a
+ * sender waits (backpressure) instead of growing either process.
+ */
+export const HIGH_WATER_MARK = 16;
+
+const opName = (h: Pick<FrameHeader, 'op' | 'phase' | 'step'>) => `op ${h.op} (${h.phase}, step ${h.step})`;
 
 export class Ring {
   readonly rank: number;
   readonly worldSize: number;
   readonly next: RingPeer;
   readonly prev: RingPeer;
-  readonly stats: RingStats = { messagesHanded: 0, messagesSent: 0, bytesSent: 0, messagesReceived: 0, bytesReceived: 0, waitMs: 0 };
+  readonly stats: RingStats = { messagesHanded: 0, messagesSent: 0, bytesSent: 0, messagesReceived: 0, bytesReceived: 0, waitMs: 0, messagesViaShm: 0 };
 
   private readonly opts: RingOptions;
   private readonly push: zmq.Push;
@@ -205,16 +173,21 @@ export class Ring {
   private sendsQueued = 0;
   private sendSeq = 0;
   private recvSeq = 0;
-  private readonly inbox = new Map<string, Message[]>();
+  private step = 0;
+  /** Index the next `begin` takes; ops below it not in `ops` are finished. */
+  private nextOp = CONTROL_OP + 1;
+  private readonly ops = new Map<number, OpState>();
+  private readonly control: OpState;
   private queuedBytes = 0;
   /** A chunked message being received: its buffers and how far they are filled. */
-  private assembly: { tag: string; tensors: Tensor[]; index: number; offset: number } | null = null;
-  private readonly waiters = new Map<string, Waiter[]>();
+  private assembly: { header: FrameHeader; tensors: Tensor[]; index: number; offset: number; chunks: number; expected: number } | null = null;
   private failure: Error | null = null;
   private closed = false;
   /** Set once our goodbye is sent: from then on the successor may leave at any moment. */
   private leaving = false;
-  private releaseGuard: () => void = () => undefined;
+  private guard: ServerGuard = { release: () => undefined, lock: () => undefined };
+  private shmOut: ShmWriter | null = null;
+  private shmIn: ShmReader | null = null;
 
   private constructor(opts: RingOptions) {
     this.opts = opts;
@@ -222,6 +195,8 @@ export class Ring {
     this.worldSize = opts.worldSize;
     this.next = opts.next;
     this.prev = opts.prev;
+    this.control = { op: CONTROL_OP, phase: CONTROL_PHASE, step: 0, tags: new Set(['hello', 'bye']), inbox: new Map(), waiters: new Map() };
+    this.ops.set(CONTROL_OP, this.control);
     const common = {
       linger: 1000,
       heartbeatInterval: opts.heartbeatIntervalMs,
@@ -229,8 +204,8 @@ export class Ring {
       heartbeatTimeToLive: opts.heartbeatTimeoutMs,
     };
     // Large messages arrive in chunks, so no legitimate frame exceeds a chunk.
-    this.pull = new zmq.Pull({ ...common, maxMessageSize: CHUNK_BYTES + 65536, receiveHighWaterMark: 0 });
-    this.push = new zmq.Push({ ...common, sendHighWaterMark: 0, connectTimeout: opts.connectTimeoutMs });
+    this.pull = new zmq.Pull({ ...common, maxMessageSize: CHUNK_BYTES + 65536, receiveHighWaterMark: HIGH_WATER_MARK });
+    this.push = new zmq.Push({ ...common, sendHighWaterMark: HIGH_WATER_MARK, connectTimeout: opts.connectTimeoutMs });
     if (opts.curve) {
       this.pull.curveServer = true;
       this.pull.curveSecretKey = opts.curve.secretKey;
@@ -240,7 +215,7 @@ export class Ring {
     }
   }
 
-  /** Binds, connects, and proves both links with one hello around the ring. */
+  /** Binds, connects, and proves both links with one hello around the ring; then admits no other connection. */
   static async open(opts: RingOptions): Promise<Ring> {
     // Loading the native addon fixes glibc's mmap threshold (native/addon.cc): ZeroMQ's
     // multi-MiB receive buffers then go back to the OS when freed instead of staying
@@ -248,42 +223,74 @@ export class Ring {
     loadAddon();
     const ring = new Ring(opts);
     try {
-      ring.releaseGuard = await guardServer(ring.pull, opts.curve);
+      ring.shmOut = opts.shmSend ?? null;
+      ring.guard = await guardServer(ring.pull, opts.curve);
       for (const ep of [opts.bind, ...(opts.extraBinds ?? [])]) await ring.pull.bind(ep);
       ring.push.connect(opts.next.endpoint);
       ring.watchLinks();
       void ring.receiveLoop();
-      await ring.send('hello', [new Int32Array([opts.rank])]);
-      await ring.recv('hello', opts.connectTimeoutMs);
+      await ring.sendIn(ring.control, 'hello', [new Int32Array([opts.rank])]);
+      await ring.recvIn(ring.control, 'hello', opts.connectTimeoutMs);
+      // The hello came over the predecessor's connection: nobody else needs one.
+      ring.guard.lock();
       return ring;
     } catch (err) {
       ring.closed = true;
       ring.failWaiters(err as Error);
       ring.push.close();
       ring.pull.close();
-      ring.releaseGuard();
+      ring.guard.release();
+      ring.closeShm();
       throw err;
     }
   }
 
-  /**
-   * One hop of the ring, the helper every ring algorithm moves blocks with:
-   * hands `items` to the successor now (to ZeroMQ before this returns when
-   * nothing is queued ahead, so the caller's next compute hides the transfer)
-   * and returns the predecessor's next message of the same tag. Both promises
-   * are observed here, so one left unawaited after a failure cannot crash the process.
-   */
-  sendRecv(tag: string, items: Sendable[]): { sent: Promise<void>; received: Promise<Message> } {
-    const sent = this.send(tag, items);
-    const received = this.recvMessage(tag);
-    sent.catch(() => undefined);
-    received.catch(() => undefined);
-    return { sent, received };
+  /** The training step every later message carries; a message of an earlier step is stale. */
+  setStep(step: number): void {
+    this.step = step;
   }
 
-  /** Queues a message to the successor; resolves once zeromq has taken it. Never mutate what was sent. */
-  send(tag: string, items: Sendable[]): Promise<void> {
+  /** Opens the next ring op. Every rank must begin the same ops, with the same phases and tags, in the same order. */
+  begin(phase: string, tags: string[]): RingOp {
     this.throwIfFailed();
+    const index = this.nextOp++;
+    const heard = this.ops.get(index);
+    const st: OpState = heard ?? { op: index, phase, step: this.step, tags: null, inbox: new Map(), waiters: new Map() };
+    st.phase = phase;
+    st.step = this.step;
+    st.tags = new Set(tags);
+    this.ops.set(index, st);
+    // Messages of this op that arrived before it began are checked now.
+    const h = st.heard;
+    if (h) {
+      const why = this.mismatch(st, h);
+      if (why) {
+        const err = this.protocolError(why);
+        this.fail(err);
+        throw err;
+      }
+    }
+    return {
+      index,
+      phase,
+      step: st.step,
+      sendRecv: (tag, items) => {
+        const sent = this.sendIn(st, tag, items);
+        const received = this.recvIn(st, tag);
+        sent.catch(() => undefined);
+        received.catch(() => undefined);
+        return { sent, received };
+      },
+      send: (tag, items) => this.sendIn(st, tag, items),
+      recv: async (tag, timeoutMs) => (await this.recvIn(st, tag, timeoutMs)).tensors,
+      recvMessage: (tag, timeoutMs) => this.recvIn(st, tag, timeoutMs),
+      end: () => this.endOp(st),
+    };
+  }
+
+  private sendIn(op: OpState, tag: string, items: Sendable[]): Promise<void> {
+    this.throwIfFailed();
+    if (!op.tags!.has(tag)) throw new Error(`rank ${this.rank}: "${tag}" is not a tag of ${op.phase} (declared: ${[...op.tags!].join(', ')})`);
     const tensors = items.map(asTensor);
     for (const t of tensors) {
       // The receiver would drop the connection without a word: say it here.
@@ -293,10 +300,24 @@ export class Ring {
     }
     const bytes = bytesOf(tensors);
     const header = (part: FramePart, described: Tensor[]) =>
-      encodeHeader({ jobId: this.opts.jobId, part, seq: this.sendSeq++, srcRank: this.rank, tag, tensors: described.map((t) => ({ dtype: tensorDType(t), shape: t.shape })) });
-    // Sequence numbers are taken now, in call order; the frames go out in the same order.
-    const messages: Array<Array<Buffer | Payload>> =
-      bytes <= CHUNK_BYTES
+      encodeHeader({
+        jobId: this.opts.jobId,
+        part,
+        seq: this.sendSeq++,
+        srcRank: this.rank,
+        step: op.step,
+        op: op.op,
+        phase: op.phase,
+        tag,
+        tensors: described.map((t) => ({ dtype: tensorDType(t), shape: t.shape })),
+      });
+    // Sequence numbers are taken now, in call order; the frames go out in the same order,
+    // which is the order the shared-memory channel's reader must take its messages in.
+    const inShm = this.shmOut && bytes >= SHM_MIN_BYTES ? this.shmOut.put(tensors.map(bytesView)) : null;
+    if (inShm) this.stats.messagesViaShm++;
+    const messages: Array<Array<Buffer | Payload>> = inShm
+      ? [[header('shm', tensors), Float64Array.of(inShm.offset, inShm.bytes, inShm.end)]]
+      : bytes <= CHUNK_BYTES
         ? [[header('whole', tensors), ...tensors.map((t) => t.data)]]
         : [[header('head', tensors)], ...chunksOf(tensors).map((c) => [header('chunk', []), c])];
     const run = async () => {
@@ -322,14 +343,10 @@ export class Ring {
     return done;
   }
 
-  /** Waits for the next message with `tag` from the predecessor. */
-  async recv(tag: string, timeoutMs = this.opts.opTimeoutMs): Promise<Tensor[]> {
-    return (await this.recvMessage(tag, timeoutMs)).tensors;
-  }
-
-  recvMessage(tag: string, timeoutMs = this.opts.opTimeoutMs): Promise<Message> {
+  private recvIn(op: OpState, tag: string, timeoutMs = this.opts.opTimeoutMs): Promise<Message> {
     this.throwIfFailed();
-    const queued = this.inbox.get(tag);
+    if (!op.tags!.has(tag)) throw new Error(`rank ${this.rank}: "${tag}" is not a tag of ${op.phase} (declared: ${[...op.tags!].join(', ')})`);
+    const queued = op.inbox.get(tag);
     if (queued && queued.length > 0) {
       const m = queued.shift()!;
       this.queuedBytes -= bytesOf(m.tensors);
@@ -338,10 +355,12 @@ export class Ring {
     const started = performance.now();
     return new Promise<Message>((resolve, reject) => {
       const timer = setTimeout(() => {
-        this.removeWaiter(tag, waiter);
+        const list = op.waiters.get(tag);
+        const i = list?.indexOf(waiter) ?? -1;
+        if (i >= 0) list!.splice(i, 1);
         reject(
           new RingError(
-            `rank ${this.rank}: timed out after ${(timeoutMs / 1000).toFixed(1)} s waiting for "${tag}" from rank ${this.prev.rank} (${this.prev.host})`,
+            `rank ${this.rank}: timed out after ${(timeoutMs / 1000).toFixed(1)} s waiting for "${tag}" of ${opName(op)} from rank ${this.prev.rank} (${this.prev.host}), whose link is alive`,
           ),
         );
       }, timeoutMs);
@@ -353,10 +372,24 @@ export class Ring {
         reject,
         timer,
       };
-      const list = this.waiters.get(tag) ?? [];
-      list.push(waiter);
-      this.waiters.set(tag, list);
+      op.waiters.set(tag, [...(op.waiters.get(tag) ?? []), waiter]);
     });
+  }
+
+  private endOp(op: OpState): void {
+    if (this.ops.get(op.op) !== op) return;
+    this.ops.delete(op.op);
+    const left = [...op.inbox].filter(([, l]) => l.length > 0);
+    for (const [, l] of left) for (const m of l) this.queuedBytes -= bytesOf(m.tensors);
+    const waiting = [...op.waiters.values()].flat();
+    const err = left.length
+      ? this.protocolError(`${left.map(([t, l]) => `${l.length} "${t}" message${l.length > 1 ? 's' : ''}`).join(', ')} of ${opName(op)} more than this rank received in it`)
+      : new RingError(`rank ${this.rank}: ${opName(op)} ended with receives still waiting`);
+    for (const w of waiting) {
+      clearTimeout(w.timer);
+      w.reject(err);
+    }
+    if (left.length || waiting.length) this.fail(err);
   }
 
   /** Resolves when every queued send has been handed to zeromq. */
@@ -374,10 +407,10 @@ export class Ring {
     if (this.closed) return;
     if (!this.failure) {
       try {
-        const bye = this.send('bye', []);
+        const bye = this.sendIn(this.control, 'bye', []);
         this.leaving = true;
         await bye;
-        await this.recv('bye', this.opts.connectTimeoutMs);
+        await this.recvIn(this.control, 'bye', this.opts.connectTimeoutMs);
       } catch {
         // The job is over either way; a neighbour that vanished during goodbye changes nothing.
       }
@@ -387,7 +420,15 @@ export class Ring {
     this.failWaiters(new RingError(`rank ${this.rank}: ring closed`));
     this.push.close();
     this.pull.close();
-    this.releaseGuard();
+    this.guard.release();
+    this.closeShm();
+  }
+
+  private closeShm(): void {
+    this.shmOut?.close();
+    this.shmOut?.unlink();
+    this.shmIn?.close();
+    this.shmOut = this.shmIn = null;
   }
 
   get failed(): Error | null {
@@ -414,10 +455,21 @@ export class Ring {
         const why = err instanceof FrameError ? err.message : String(err);
         const stranger = err instanceof FrameError && (err as FrameError & { foreign?: boolean }).foreign;
         const hint = stranger ? ` (not from this job's ring: another process is connected to rank ${this.rank}'s ring port)` : '';
-        this.fail(new RingError(`rank ${this.rank}: bad message from rank ${this.prev.rank} (${this.prev.host}): ${why}${hint}`));
+        this.fail(this.protocolError(`${why}${hint}`));
         return;
       }
     }
+  }
+
+  private protocolError(why: string): RingError {
+    return new RingError(`rank ${this.rank}: bad message from rank ${this.prev.rank} (${this.prev.host}): ${why}`);
+  }
+
+  /** Why a message cannot belong to an op this rank has begun, or null. */
+  private mismatch(op: OpState, h: FrameHeader): string | null {
+    if (h.phase !== op.phase || h.step !== op.step) return `"${h.tag}" of ${opName(h)}, but op ${op.op} here is ${op.phase} at step ${op.step}: the ranks run different sequences of ring ops`;
+    if (!op.tags!.has(h.tag)) return `"${h.tag}" in ${opName(h)}, which takes only ${[...op.tags!].map((t) => `"${t}"`).join(', ')}`;
+    return null;
   }
 
   private deliver(frames: Buffer[]): void {
@@ -430,14 +482,39 @@ export class Ring {
     }
     if (h.jobId !== this.opts.jobId) throw foreign(new FrameError(`message of job ${h.jobId}, this job is ${this.opts.jobId}`));
     if (h.srcRank !== this.prev.rank) throw foreign(new FrameError(`message claims to come from rank ${h.srcRank}`));
-    if (h.seq !== this.recvSeq >>> 0) throw new FrameError(`sequence number ${h.seq}, expected ${this.recvSeq >>> 0} (a message was lost or reordered)`);
+    const expected = this.recvSeq >>> 0;
+    if (h.seq !== expected) {
+      throw new FrameError(
+        h.seq < expected
+          ? `"${h.tag}" with sequence number ${h.seq} again (a duplicate; expected ${expected})`
+          : `"${h.tag}" with sequence number ${h.seq}, expected ${expected} (${h.seq - expected} message${h.seq - expected > 1 ? 's' : ''} lost)`,
+      );
+    }
     this.recvSeq++;
+    const a = this.assembly;
+    if (a && (h.part !== 'chunk' || h.op !== a.header.op || h.tag !== a.header.tag)) {
+      throw new FrameError(`"${h.tag}" of ${opName(h)} arrived after chunk ${a.chunks} of ${a.expected} of "${a.header.tag}": its chunk stream was cut short`);
+    }
+    if (h.op !== CONTROL_OP) {
+      if (h.step < this.step) throw new FrameError(`"${h.tag}" of ${opName(h)}, a stale step: this rank is at step ${this.step}`);
+      if (h.op < this.nextOp && !this.ops.has(h.op)) throw new FrameError(`"${h.tag}" of ${opName(h)}, which this rank has finished`);
+    }
+    let op = this.ops.get(h.op);
+    if (op?.tags) {
+      const why = this.mismatch(op, h);
+      if (why) throw new FrameError(why);
+    } else if (op?.heard) {
+      const first = op.heard;
+      if (first.phase !== h.phase || first.step !== h.step) throw new FrameError(`"${h.tag}" of ${opName(h)} after "${first.tag}" of ${opName(first)}: one op cannot be both`);
+    } else {
+      op = { op: h.op, phase: h.phase, step: h.step, tags: null, inbox: new Map(), waiters: new Map(), heard: h };
+      this.ops.set(h.op, op);
+    }
     const tensors = this.assemble(h, frames);
     if (!tensors) return;
     this.stats.messagesReceived++;
     this.stats.bytesReceived += bytesOf(tensors);
-    const message = { tensors, arrivedAt: performance.now() };
-    this.file(h.tag, message);
+    this.file(op, h.tag, { tensors, arrivedAt: performance.now() });
   }
 
   /**
@@ -448,8 +525,9 @@ export class Ring {
   private assemble(h: FrameHeader, frames: Buffer[]): Tensor[] | null {
     const a = this.assembly;
     if (h.part === 'chunk') {
-      if (!a || a.tag !== h.tag || frames.length !== 2) throw new FrameError(`unexpected chunk of "${h.tag}"`);
+      if (!a || frames.length !== 2) throw new FrameError(`a chunk of "${h.tag}" without its head`);
       const chunk = frames[1];
+      a.chunks++;
       let offset = 0;
       while (offset < chunk.length) {
         const t = a.tensors[a.index];
@@ -469,34 +547,50 @@ export class Ring {
       this.assembly = null;
       return a.tensors;
     }
-    if (a) throw new FrameError(`"${h.tag}" arrived in the middle of chunked "${a.tag}"`);
     if (h.part === 'head') {
       if (frames.length !== 1) throw new FrameError('a chunked head with payload frames');
-      const total = h.tensors.reduce((s, d) => s + byteLengthOf(d.dtype, d.shape), 0);
+      const sizes = h.tensors.map((d) => byteLengthOf(d.dtype, d.shape));
+      const total = sizes.reduce((s, b) => s + b, 0);
       if (total > this.opts.maxMessageBytes) throw new FrameError(`a "${h.tag}" message of ${total} bytes exceeds ring.maxMessageBytes (${this.opts.maxMessageBytes})`);
-      this.assembly = { tag: h.tag, tensors: h.tensors.map((d) => ({ data: allocate(d.dtype, d.shape), shape: d.shape, dtype: d.dtype })), index: 0, offset: 0 };
+      const expected = sizes.reduce((n, b) => n + Math.ceil(b / CHUNK_BYTES), 0);
+      this.assembly = { header: h, tensors: h.tensors.map((d) => ({ data: allocate(d.dtype, d.shape), shape: d.shape, dtype: d.dtype })), index: 0, offset: 0, chunks: 0, expected };
       return null;
+    }
+    if (h.part === 'shm') {
+      if (!this.opts.shmRecv) throw new FrameError(`"${h.tag}" in shared memory on a link that has none`);
+      if (frames.length !== 2 || frames[1].length !== 24) throw new FrameError(`"${h.tag}" in shared memory without its descriptor`);
+      const d = new Float64Array(new Uint8Array(frames[1]).buffer);
+      const desc: ShmDescriptor = { offset: d[0], bytes: d[1], end: d[2] };
+      const tensors = h.tensors.map((t) => ({ data: allocate(t.dtype, t.shape), shape: t.shape, dtype: t.dtype }));
+      if (tensors.reduce((n, t) => n + t.data.byteLength, 0) !== desc.bytes) throw new FrameError(`"${h.tag}" in shared memory: ${desc.bytes} bytes, its header lists ${bytesOf(tensors)}`);
+      try {
+        this.shmIn ??= ShmReader.open(this.opts.shmRecv);
+        this.shmIn.take(desc, tensors.map(bytesView));
+      } catch (err) {
+        throw new FrameError(`"${h.tag}" in shared memory: ${(err as Error).message}`);
+      }
+      return tensors;
     }
     if (frames.length !== h.tensors.length + 1) throw new FrameError(`${frames.length - 1} payload frames, header lists ${h.tensors.length}`);
     return h.tensors.map((d, i) => ({ data: payloadFromFrame(frames[i + 1], d.dtype, d.shape), shape: d.shape, dtype: d.dtype }));
   }
 
-  /** Hands a message to the oldest waiter for its tag, or queues it. */
-  private file(tag: string, message: Message): void {
-    const waiting = this.waiters.get(tag);
+  /** Hands a message to the oldest waiter for its op and tag, or queues it. */
+  private file(op: OpState, tag: string, message: Message): void {
+    const waiting = op.waiters.get(tag);
     if (waiting && waiting.length > 0) {
       const w = waiting.shift()!;
       clearTimeout(w.timer);
       w.resolve(message);
       return;
     }
-    const list = this.inbox.get(tag) ?? [];
-    list.push(message);
-    this.inbox.set(tag, list);
+    op.inbox.set(tag, [...(op.inbox.get(tag) ?? []), message]);
     this.queuedBytes += bytesOf(message.tensors);
     const max = this.opts.maxQueuedBytes ?? 4 * this.opts.maxMessageBytes;
     if (this.queuedBytes > max) {
-      const piling = [...this.inbox].filter(([, l]) => l.length > 0).map(([t, l]) => `"${t}" x${l.length}`).join(', ');
+      const piling = [...this.ops.values()]
+        .flatMap((o) => [...o.inbox].filter(([, l]) => l.length > 0).map(([t, l]) => `"${t}" of ${opName(o)} x${l.length}`))
+        .join(', ');
       this.fail(
         new RingError(
           `rank ${this.rank}: ${this.queuedBytes} bytes from rank ${this.prev.rank} (${this.prev.host}) wait for receives that were never made (${piling}), ` +
@@ -504,7 +598,7 @@ export class Ring {
         ),
       );
       // Nothing will take them now.
-      this.inbox.clear();
+      for (const o of this.ops.values()) o.inbox.clear();
       this.queuedBytes = 0;
     }
   }
@@ -517,7 +611,7 @@ export class Ring {
     // A predecessor's departure is reported by its own predecessor (whose push link
     // drops) or by the launcher; here it is expected at every clean shutdown.
     this.pull.events.on('handshake:error:auth', () => {
-      // Someone without the job's keys tried to connect: refused by CURVE; the ring continues.
+      // Someone without the job's keys (or anyone, once locked) tried to connect: refused; the ring continues.
     });
   }
 
@@ -529,25 +623,30 @@ export class Ring {
   }
 
   private failWaiters(err: Error): void {
-    for (const list of this.waiters.values()) {
-      for (const w of list) {
-        clearTimeout(w.timer);
-        w.reject(err);
+    for (const op of this.ops.values()) {
+      for (const list of op.waiters.values()) {
+        for (const w of list) {
+          clearTimeout(w.timer);
+          w.reject(err);
+        }
       }
+      op.waiters.clear();
     }
-    this.waiters.clear();
-  }
-
-  private removeWaiter(tag: string, w: Waiter): void {
-    const list = this.waiters.get(tag);
-    if (!list) return;
-    const i = list.indexOf(w);
-    if (i >= 0) list.splice(i, 1);
   }
 }
 
 /** Payload bytes per chunk of a large message. */
 export const CHUNK_BYTES = 4 << 20;
+
+/**
+ * Below this a message goes inline on ZeroMQ even to a same-host successor. The
+ * channel costs two copies and the receiver's fresh pages; measured on loopback
+ * (docs/benchmarks.md) that pays from 4 MiB blocks on and loses on the
+ * all-reduce's 1 MiB segments.
+ */
+export const SHM_MIN_BYTES = 2 << 20;
+
+const bytesView = (t: Tensor): Uint8Array => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
 
 const bytesOf = (tensors: Tensor[]): number => tensors.reduce((a, t) => a + t.data.byteLength, 0);
 

@@ -28,6 +28,7 @@ export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKern
       commMs += performance.now() - t0;
       return out;
     },
+    startStep: (step) => ring.setStep(step),
     // scope local: the same loop on a ring of one, over this rank's own block only.
     attention: (positions, seqLen) =>
       ringAttentionOp({

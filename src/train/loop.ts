@@ -18,9 +18,10 @@ import { learningRate } from './schedule.js';
 export interface TrainRing {
   rank: number;
   worldSize: number;
-  /** Elementwise sum over ranks, same result on every rank. */
-  /** The elementwise sum over ranks; it may be `x` itself, summed in place. */
+  /** The elementwise sum over ranks, same result on every rank; it may be `x` itself, summed in place. */
   allReduceSum(x: Float32Array): Promise<Float32Array>;
+  /** The update (1-based) whose messages follow: a message of an earlier one is refused as stale. */
+  startStep?(step: number): void;
   /** Ring attention bound to this rank's shard positions of a sequence of `seqLen` tokens. */
   attention(positions: Int32Array, seqLen: number): AttentionOp;
   /** Cumulative, from the ring; the loop reports per-step deltas. */
@@ -369,6 +370,7 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
     while (step < t.steps) {
       const s = step; // 0-based index of this update
       faultStep = s + 1;
+      ring.startStep?.(s + 1);
       const t0 = performance.now();
       const ring0 = ring.timings();
       const lr = learningRate(s, t);
