@@ -382,7 +382,7 @@ describe('damaged checkpoints, end to end', () => {
     assert.equal(r.code, 2, "a damaged checkpoint is the user's to fix: exit 2");
     assert.match(r.stderr, /ringattn: job train failed: rank 0 \(local\) no valid checkpoint in .*: checksum mismatch in .*adam-v\.bin;/);
     assert.deepEqual(workerPids(port), []);
-    const g = await runCli(['generate', '--checkpoint', path.join(runDir, `ckpt-${STEPS}`), '--tokens', '4']);
+    const g = await runCli(['generate', '--checkpoint', path.join(runDir, `ckpt-${STEPS}`), '--prompt', 'x', '--max-tokens', '4']);
     assert.equal(g.code, 2);
     assert.match(g.stderr, /^ringattn: checksum mismatch in .*ckpt-8\/adam-v\.bin\n$/);
   });

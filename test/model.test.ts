@@ -328,15 +328,15 @@ describe('generate', () => {
     const params = initParams(cfg, 9);
     const prompt = new Int32Array([72, 101, 108, 108, 111]);
     const opts = { maxNewTokens: 6, temperature: 1, topK: 20, seed: 42, engine };
-    const a = await generate(cfg, params, prompt, opts);
-    const b = await generate(cfg, params, prompt, opts);
-    const c = await generate(cfg, params, prompt, { ...opts, seed: 43 });
+    const a = (await generate(cfg, params, prompt, opts)).tokens;
+    const b = (await generate(cfg, params, prompt, opts)).tokens;
+    const c = (await generate(cfg, params, prompt, { ...opts, seed: 43 })).tokens;
     assert.equal(a.length, 6);
     assert.deepEqual(a, b);
     assert.notDeepEqual(a, c);
     assert.ok(a.every((t) => t >= 0 && t < cfg.vocabSize));
 
-    const greedy = await generate(cfg, params, prompt, { maxNewTokens: 1, temperature: 0, seed: 0, engine });
+    const greedy = (await generate(cfg, params, prompt, { maxNewTokens: 1, temperature: 0, seed: 0, engine })).tokens;
     const positions = Int32Array.from(prompt, (_, i) => i);
     const logits = referenceLogits(cfg, params, { tokens: prompt, positions });
     const last = logits.subarray((prompt.length - 1) * cfg.vocabSize);

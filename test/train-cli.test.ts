@@ -46,18 +46,36 @@ test('a run resumed from its checkpoint gives the same losses as an uninterrupte
   a.forEach((x, i) => assert.ok(Math.abs(x - b[i]) <= 1e-6 * Math.abs(x), `step ${i + 1}: ${x} vs ${b[i]}`));
 });
 
-test('ringattn generate samples from a checkpoint, deterministically for a seed', async () => {
+test('ringattn generate samples from a checkpoint, deterministically for a seed, the same on a ring as in one process', async () => {
   const runDir = path.join(tmp, 'run');
-  const args = ['generate', '--checkpoint', runDir, '--prompt', 'const ', '--tokens', '40', '--seed', '3'];
+  const args = ['generate', '--checkpoint', runDir, '--prompt', 'const ', '--max-tokens', '40', '--seed', '3'];
   const a = await runCli(args);
   assert.equal(a.code, 0, a.stderr);
   assert.ok(a.stdout.startsWith('const '), a.stdout);
   assert.ok(Buffer.byteLength(a.stdout) >= 'const '.length + 30);
+  assert.match(a.stderr, /generate \(1 process\): prefill 4 tokens in \d+ ms \([\d.]+ tokens\/s\); time to first token \d+ ms; decode 41 tokens at [\d.]+ tokens\/s/);
   const b = await runCli(args);
   assert.equal(a.stdout, b.stdout);
-  const bad = await runCli(['generate', '--checkpoint', path.join(tmp, 'nothing-here')]);
-  assert.equal(bad.code, 2);
-  assert.match(bad.stderr, /^ringattn: checkpoint path .*nothing-here does not exist/);
+  // Greedy, so the tokens cannot hinge on a draw landing within float rounding of a boundary.
+  const greedy = ['generate', '--checkpoint', runDir, '--prompt-file', CI_SPEC, '--max-tokens', '12', '--temperature', '0'];
+  const one = await runCli(greedy);
+  const ring = await runCli([...greedy, '--workers', '2']);
+  assert.equal(one.code, 0, one.stderr);
+  assert.equal(ring.code, 0, ring.stderr);
+  assert.equal(ring.stdout, one.stdout);
+  assert.match(ring.stderr, /warning: the prompt is \d+ tokens, longer than the \d+ the model was trained on/);
+  assert.match(ring.stderr, /generate \(2 workers\): prefill \d+ tokens/);
+  for (const [flags, why] of [
+    [['--checkpoint', path.join(tmp, 'nothing-here'), '--prompt', 'x'], /^ringattn: checkpoint path .*nothing-here does not exist/],
+    [['--checkpoint', runDir, '--prompt', ''], /^ringattn: --prompt: the prompt is empty\n$/],
+    [['--checkpoint', runDir], /^ringattn: give the text to continue: --prompt TEXT or --prompt-file FILE\n$/],
+    [['--checkpoint', runDir, '--prompt', 'x', '--top-p', '1.5'], /^ringattn: --top-p: expected a number in \(0, 1\], got "1\.5"\n$/],
+    [['--checkpoint', runDir, '--prompt-file', path.join(tmp, 'absent.txt')], /^ringattn: --prompt-file: .*absent\.txt does not exist\n$/],
+  ] as const) {
+    const bad = await runCli(['generate', ...flags]);
+    assert.equal(bad.code, 2, bad.stderr);
+    assert.match(bad.stderr, why);
+  }
   assert.ok(!existsSync(path.join(tmp, 'nothing-here')));
 });
 

@@ -1,8 +1,9 @@
+import { existsSync, readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { UserError } from '../errors.js';
 import { prepareAttn } from '../attention/attn-job.js';
 import { LAYOUTS, type Layout } from '../attention/layout.js';
-import { specFromObject, worldSize, type ClusterSpec } from '../config/index.js';
+import { loadSpec, specFromObject, worldSize, type ClusterSpec } from '../config/index.js';
 import type { DoctorReport } from '../launch/doctor-job.js';
 import { runJob, runJobWithRestarts } from '../launch/launcher.js';
 import type { ComputeBackend } from '../engine/index.js';
@@ -123,39 +124,79 @@ function doctorCommand(): Command {
 
 function generateCommand(): Command {
   return new Command('generate')
-    .description('sample text from a trained checkpoint')
+    .description('sample text from a trained checkpoint: prefill on the ring, decoding against its sharded KV cache')
     .requiredOption('--checkpoint <dir>', 'a checkpoint folder, or a run directory (its latest valid checkpoint)')
-    .option('--prompt <text>', 'text to continue', '')
-    .option('--tokens <n>', 'new tokens to sample', '200')
+    .option('--prompt <text>', 'text to continue')
+    .option('--prompt-file <file>', 'a file whose text to continue')
+    .option('--max-tokens <n>', 'new tokens to sample', '200')
     .option('--temperature <t>', 'sampling temperature (0 = greedy)', '0.8')
     .option('--top-k <k>', 'sample among the k most likely tokens')
+    .option('--top-p <p>', 'sample among the most likely tokens whose probabilities add up to p')
     .option('--seed <n>', 'sampling seed', '0')
-    .option('--backend <name>', 'where compute runs: auto, webgpu, tensorflow-gpu, tensorflow, wasm, cpu')
-    .action(async (opts: { checkpoint: string; prompt: string; tokens: string; temperature: string; topK?: string; seed: string; backend?: string }) => {
+    .option('--config <spec.yaml>', "run on this spec's ring (its model must be the checkpoint's)")
+    .option('--workers <n>', 'run on a ring of N local workers')
+    .option('--backend <name>', 'where compute runs (one process): auto, webgpu, tensorflow-gpu, tensorflow, wasm, cpu')
+    .action(async (opts: { checkpoint: string; prompt?: string; promptFile?: string; maxTokens: string; temperature: string; topK?: string; topP?: string; seed: string; config?: string; workers?: string; backend?: string }) => {
       const { resolveCheckpoint } = await import('../train/checkpoint.js');
-      const { generate } = await import('../model/index.js');
-      const { loadEngine } = await import('../engine/index.js');
-      const { loadTunedKernel } = await import('../engine/tuning.js');
-      const { hostThreads } = await import('../config/index.js');
-      const ckpt = resolveCheckpoint(opts.checkpoint);
-      const spec = ckpt.spec as ClusterSpec;
-      const threads = hostThreads(1);
-      const { engine } = await loadEngine('auto', { threads, backend: (opts.backend ?? 'auto') as ComputeBackend });
-      // An engine with its own attention (webgpu) needs no host kernel.
-      const { kernel } = engine.attention ? { kernel: undefined } : await loadTunedKernel({ ...spec, kernel: 'auto' }, { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads });
+      const { paramCount } = await import('../model/index.js');
+      if (opts.prompt !== undefined && opts.promptFile !== undefined) throw new UserError('--prompt and --prompt-file: give one');
+      if (opts.config !== undefined && opts.workers !== undefined) throw new UserError('--config and --workers: give one');
+      let prompt: Buffer;
+      if (opts.promptFile !== undefined) {
+        if (!existsSync(opts.promptFile)) throw new UserError(`--prompt-file: ${opts.promptFile} does not exist`);
+        prompt = readFileSync(opts.promptFile);
+      } else if (opts.prompt !== undefined) prompt = Buffer.from(opts.prompt, 'utf8');
+      else throw new UserError('give the text to continue: --prompt TEXT or --prompt-file FILE');
+      if (prompt.length === 0) throw new UserError(`${opts.promptFile ?? '--prompt'}: the prompt is empty`);
       const temperature = Number(opts.temperature);
       if (!(temperature >= 0)) throw new UserError(`--temperature: expected a number >= 0, got "${opts.temperature}"`);
-      const prompt = Buffer.from(opts.prompt || '\n', 'utf8');
-      const out = await generate(spec.model, ckpt.params, Int32Array.from(prompt), {
-        maxNewTokens: intFlag(opts.tokens, '--tokens', 0),
+      const topP = opts.topP === undefined ? undefined : Number(opts.topP);
+      if (topP !== undefined && !(topP > 0 && topP <= 1)) throw new UserError(`--top-p: expected a number in (0, 1], got "${opts.topP}"`);
+      const args = {
+        maxNewTokens: intFlag(opts.maxTokens, '--max-tokens', 0),
         temperature,
         topK: opts.topK === undefined ? undefined : intFlag(opts.topK, '--top-k'),
+        topP,
         seed: intFlag(opts.seed, '--seed', 0),
-        maxContext: spec.train.seqLen,
-        engine,
-        kernel,
-      });
-      process.stdout.write(`${Buffer.concat([prompt, Buffer.from(Uint8Array.from(out))]).toString('utf8')}\n`);
+      };
+      const ckpt = resolveCheckpoint(opts.checkpoint);
+      let spec = ckpt.spec as ClusterSpec;
+      if (opts.config !== undefined) spec = loadSpec(opts.config);
+      if (opts.workers !== undefined) {
+        const n = intFlag(opts.workers, '--workers');
+        spec = specFromObject({ ...spec, hosts: [{ name: 'localhost', address: '127.0.0.1', slots: n }] }, `--workers ${n}`);
+      }
+      if (paramCount(spec.model) !== ckpt.params.flat.length) {
+        throw new UserError(`${opts.config ?? ckpt.path}: its model has ${paramCount(spec.model)} parameters, the checkpoint ${ckpt.params.flat.length}`);
+      }
+      // Never cut: positions past the trained length were never seen, and the user should know.
+      if (prompt.length > spec.train.seqLen) {
+        process.stderr.write(`warning: the prompt is ${prompt.length} tokens, longer than the ${spec.train.seqLen} the model was trained on; positions past ${spec.train.seqLen} were never seen in training\n`);
+      }
+      const tokens = Int32Array.from(prompt);
+      process.stdout.write(prompt);
+      let r: import('../model/generate.js').GenerateResult | Omit<import('../model/generate.js').GenerateResult, 'tokens'>;
+      let where: string;
+      if (opts.config !== undefined || opts.workers !== undefined) {
+        ({ value: r } = (await runJob(spec, { kind: 'generate', args: { ...args, checkpoint: ckpt.path, prompt: Array.from(tokens), stream: true } }, { quiet: true })) as { value: typeof r });
+        where = `${worldSize(spec)} workers`;
+      } else {
+        const { generate } = await import('../model/index.js');
+        const { loadEngine } = await import('../engine/index.js');
+        const { loadTunedKernel } = await import('../engine/tuning.js');
+        const { hostThreads } = await import('../config/index.js');
+        const threads = hostThreads(1);
+        const { engine } = await loadEngine('auto', { threads, backend: (opts.backend ?? 'auto') as ComputeBackend });
+        const { kernel } = await loadTunedKernel({ ...spec, kernel: 'auto' }, { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads });
+        r = await generate(spec.model, ckpt.params, tokens, { ...args, engine, kernel, onToken: (t) => process.stdout.write(Buffer.of(t)) });
+        where = '1 process';
+      }
+      process.stdout.write('\n');
+      const rate = (count: number, ms: number) => (ms > 0 ? `${((count * 1000) / ms).toFixed(1)} tokens/s` : '-');
+      process.stderr.write(
+        `generate (${where}): prefill ${r.prefillTokens} tokens in ${r.prefillMs.toFixed(0)} ms (${rate(r.prefillTokens, r.prefillMs)}); ` +
+          `time to first token ${r.timeToFirstTokenMs.toFixed(0)} ms; decode ${r.decodeTokens} tokens at ${rate(r.decodeTokens, r.decodeMs)}\n`,
+      );
     });
 }
 

@@ -9,6 +9,7 @@ const JOBS: Record<string, () => Promise<JobDefinition>> = {
   bench: async () => (await import('../bench/job.js')).benchJob,
   train: async () => (await import('../train/job.js')).trainJob,
   eval: async () => (await import('../train/eval-job.js')).evalJob,
+  generate: async () => (await import('../model/generate-job.js')).generateJob,
 };
 
 export const JOB_KINDS = Object.keys(JOBS);

@@ -130,3 +130,21 @@ export async function broadcast(ring: Ring, items: Sendable[] | null, root = 0, 
   op.end();
   return got;
 }
+
+/** Every rank's `block`, indexed by rank, on every rank: N-1 hops, each passing on what arrived (one ring op). */
+export async function allGather(ring: Ring, block: Float32Array, tag = 'gather'): Promise<Float32Array[]> {
+  const n = ring.worldSize;
+  const out: Float32Array[] = new Array(n);
+  out[ring.rank] = block;
+  if (n === 1) return out;
+  const op = ring.begin(tag, [tag]);
+  let held = block;
+  for (let t = 1; t < n; t++) {
+    const { sent, received } = op.sendRecv(tag, [held]);
+    held = (await received).tensors[0].data as Float32Array;
+    await sent;
+    out[mod(ring.rank - t, n)] = held;
+  }
+  op.end();
+  return out;
+}
