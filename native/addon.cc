@@ -201,6 +201,11 @@ class Args {
 
   bool boolField(const char* name) { return obj_.Get(name).ToBoolean().Value(); }
 
+  bool has(const char* name) {
+    Napi::Value v = obj_.Get(name);
+    return !v.IsUndefined() && !v.IsNull();
+  }
+
   std::string stringField(const char* name) {
     Napi::Value v = obj_.Get(name);
     return v.IsString() ? v.As<Napi::String>().Utf8Value() : std::string();
@@ -250,6 +255,8 @@ Call parseCommon(Args& a, Napi::Env env) {
   p.tileKV = a.intField("tileKV", 1, 1 << 16);
   c.threads = a.intField("threads", 1, 1024);
   p.causal = a.boolField("causal") ? 1 : 0;
+  // Optional: callers without a window leave it out.
+  p.window = a.has("window") ? a.intField("window", 0, 0x7fffffff) : 0;
   p.scale = (float)a.numberField("scale");
   if (p.heads % p.kvHeads != 0)
     throw Napi::RangeError::New(env, "ringattn native: heads must be a multiple of kvHeads");

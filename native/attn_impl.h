@@ -225,6 +225,13 @@ void maskScores(const Problem* p, TileRelation rel, const Geometry& g, float* s)
       if (p->causal)
         for (int j = 0; j < g.nk; j++)
           if (kp[j] > qp) row[j] = ninf;
+      if (p->window) {
+        const int64_t w = p->window;
+        for (int j = 0; j < g.nk; j++) {
+          const int64_t d = (int64_t)qp - kp[j];
+          if (d >= w || (!p->causal && -d >= w)) row[j] = ninf;
+        }
+      }
       if (p->qSeg) {
         const int32_t qs = p->qSeg[g.i0 + i];
         const int32_t* ks = p->kvSeg + g.j0;

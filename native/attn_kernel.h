@@ -23,6 +23,8 @@ struct Problem {
   int qLen, kvLen, heads, kvHeads, headDim;
   int tileQ, tileKV;
   int causal;
+  // Sliding window W (src/kernels/types.ts): q - k < W, and |q - k| < W without causal; 0 = none.
+  int window;
   float scale;
 
   // Inputs, token-major: q [qLen, heads, D], k and v [kvLen, kvHeads, D].
@@ -95,7 +97,11 @@ struct Variant {
 static inline TileRelation relate(const Problem* p, const TileInfo& q, const TileInfo& kv) {
   if (p->causal && kv.posMin > q.posMax) return kSkip;
   if (p->qSeg && (q.segMax < kv.segMin || kv.segMax < q.segMin)) return kSkip;
+  // 64-bit differences: positions are int32, and so may be their distance's negation.
+  const int64_t w = p->window;
+  if (w && ((int64_t)q.posMin - kv.posMax >= w || (!p->causal && (int64_t)kv.posMin - q.posMax >= w))) return kSkip;
   bool full = (!p->causal || kv.posMax <= q.posMin) &&
+              (!w || ((int64_t)q.posMax - kv.posMin < w && (p->causal || (int64_t)kv.posMax - q.posMin < w))) &&
               (!p->qSeg || (q.segMin == q.segMax && kv.segMin == kv.segMax && q.segMin == kv.segMin));
   return full ? kFull : kPartial;
 }

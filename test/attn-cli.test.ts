@@ -43,6 +43,23 @@ for (const [layout, causal, segments] of [['zigzag', true, false], ['striped', f
   });
 }
 
+test('ringattn attn --window: sliding-window attention on 4 workers (contiguous by default) equals the windowed reference; a bad window is refused', async () => {
+  for (const [window, causal] of [['7', true], ['2K', false]] as const) {
+    const out = file(`out-window-${window}`);
+    const args = ['attn', '--q', file('q.npy'), '--k', file('k.npy'), '--v', file('v.npy'), '--dout', file('dout.npy'), '--workers', '4', '--window', window, '--out', out];
+    if (causal) args.push('--causal');
+    const r = await runCli(args);
+    assert.equal(r.code, 0, r.stderr);
+    const ref = fullAttentionReference({ ...p, seqLen: S, causal, window: window === '2K' ? 2048 : 7, seg: undefined, dO: p.dO });
+    const read = (n: string) => readNpy(path.join(out, n)).data as Float32Array;
+    for (const [name, want] of [['out.npy', ref.o], ['dq.npy', ref.dq!], ['dk.npy', ref.dk!], ['dv.npy', ref.dv!]] as const) assertClose(read(name), want, `W ${window} ${name}`);
+  }
+  const bad = await runCli(['attn', '--q', file('q.npy'), '--k', file('k.npy'), '--v', file('v.npy'), '--workers', '2', '--window', '0', '--out', file('bad-window')]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /^ringattn: --window 0: attention\.window: /);
+  assert.ok(!existsSync(file('bad-window')));
+});
+
 test('ringattn attn --wire bfloat16 rounds only K and V on the wire: close to full attention, not equal; --wire bogus is refused', async () => {
   const out = file('out-bf16');
   const r = await runCli(['attn', '--q', file('q.npy'), '--k', file('k.npy'), '--v', file('v.npy'), '--workers', '3', '--causal', '--wire', 'bfloat16', '--out', out]);

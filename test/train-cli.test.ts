@@ -30,6 +30,18 @@ test('ringattn train --config configs/ci.yaml writes every run-directory artifac
   assert.deepEqual(workerPids(29500), []);
 });
 
+test('ringattn train --window trains with sliding-window attention: the loss falls, and the spec records the window and the contiguous layout it chose', async () => {
+  const runDir = path.join(tmp, 'window');
+  const r = await runCli(['train', '--config', CI_SPEC, '--run-dir', runDir, '--window', '16', '--quiet']);
+  assert.equal(r.code, 0, r.stderr);
+  const spec = JSON.parse(readFileSync(path.join(runDir, 'spec.json'), 'utf8'));
+  assert.equal(spec.attention.window, 16);
+  const losses = readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).loss as number);
+  assert.ok(losses.every(Number.isFinite) && losses.at(-1)! < losses[0], `losses ${losses.join(', ')}`);
+  const log = readFileSync(path.join(runDir, 'logs', 'rank-0.log'), 'utf8');
+  assert.match(log, /contiguous layout/);
+});
+
 test('a run resumed from its checkpoint gives the same losses as an uninterrupted one', async () => {
   // Uninterrupted: 4 steps. Interrupted: the same run cut after its step-2 checkpoint, then --resume.
   const full = path.join(tmp, 'full');

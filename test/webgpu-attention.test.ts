@@ -115,6 +115,8 @@ interface Case {
   qPos: Int32Array;
   kvPos: Int32Array;
   causal: boolean;
+  /** Sliding window (src/kernels/types.ts). */
+  window?: number;
   qSeg?: Int32Array;
   kvSeg?: Int32Array;
   /** Workgroup memory cap for the tile plans (forces small tiles, so short blocks still span many). */
@@ -136,12 +138,12 @@ async function runCase(c: Case): Promise<void> {
   const qLen = c.qPos.length;
   const kvLen = c.kvPos.length;
   const scale = 1 / Math.sqrt(D);
-  const s: AttentionShape = { heads, kvHeads, headDim: D, qLen, kvLen, causal, scale };
+  const s: AttentionShape = { heads, kvHeads, headDim: D, qLen, kvLen, causal, window: c.window, scale };
   const q = randn(qLen * heads * D, c.seed * 10 + 1);
   const k = randn(kvLen * kvHeads * D, c.seed * 10 + 2);
   const v = randn(kvLen * kvHeads * D, c.seed * 10 + 3);
   const dO = randn(qLen * heads * D, c.seed * 10 + 4);
-  const args: BlockArgs = { heads, kvHeads, headDim: D, qLen, kvLen, q, k, v, qPos: c.qPos, kvPos: c.kvPos, causal, scale };
+  const args: BlockArgs = { heads, kvHeads, headDim: D, qLen, kvLen, q, k, v, qPos: c.qPos, kvPos: c.kvPos, causal, window: c.window, scale };
   if (c.qSeg && c.kvSeg) {
     args.qSeg = c.qSeg;
     args.kvSeg = c.kvSeg;
@@ -316,6 +318,8 @@ const CASES: Case[] = [
   },
   { name: 'headDim 256, causal', heads: 2, kvHeads: 1, headDim: 256, qPos: range(4, 25), kvPos: range(0, 19), causal: true, seed: 12 },
   { name: 'headDim 20 (not a multiple of 4), causal', heads: 2, kvHeads: 1, headDim: 20, qPos: range(0, 31), kvPos: range(0, 26), causal: true, seed: 13 },
+  { name: 'causal sliding window 9, small tiles (tiles skipped by the window), headDim 32', heads: 2, kvHeads: 1, headDim: 32, qPos: range(0, 70), kvPos: range(0, 70), causal: true, window: 9, storage: SMALL, seed: 16 },
+  { name: 'sliding window 7 without causal, a later KV block, headDim 16', heads: 2, kvHeads: 2, headDim: 16, qPos: range(0, 40), kvPos: range(30, 60), causal: false, window: 7, seed: 17 },
   {
     name: 'fully masked block (every key after every query)',
     heads: 2,

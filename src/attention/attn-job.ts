@@ -24,6 +24,8 @@ export interface AttnRequest {
   dout?: string;
   segments?: string;
   causal: boolean;
+  /** Sliding window (src/kernels/types.ts); absent = none. */
+  window?: number;
   layout?: Layout;
   out: string;
 }
@@ -35,6 +37,7 @@ interface AttnShape {
   kvHeads: number;
   headDim: number;
   causal: boolean;
+  window?: number;
   layout: Layout;
 }
 
@@ -72,11 +75,11 @@ export function prepareAttn(req: AttnRequest, worldSize: number): string {
     if (s.shape[0] !== seqLen) throw new UserError(`${req.segments}: ${s.shape[0]} segment ids for a sequence of ${seqLen}`);
     segments = s.data;
   }
-  const layout = req.layout ?? defaultLayout(req.causal);
+  const layout = req.layout ?? (req.window ? 'contiguous' : defaultLayout(req.causal));
   if (!LAYOUTS.includes(layout)) throw new UserError(`--layout: expected one of ${LAYOUTS.join(', ')}, got "${layout}"`);
   checkLayout(layout, seqLen, worldSize);
   const token = randomBytes(8).toString('hex');
-  prepared.set(token, { seqLen, heads, kvHeads, headDim, causal: req.causal, layout, q: q.data, k: k.data, v: v.data, dout, segments, out: req.out });
+  prepared.set(token, { seqLen, heads, kvHeads, headDim, causal: req.causal, window: req.window, layout, q: q.data, k: k.data, v: v.data, dout, segments, out: req.out });
   return token;
 }
 
@@ -135,6 +138,7 @@ export const attnJob: JobDefinition = {
     const base = {
       ring: ctx.ring,
       causal: m.causal,
+      window: m.window,
       heads: m.heads,
       kvHeads: m.kvHeads,
       headDim: m.headDim,
@@ -176,7 +180,7 @@ export const attnJob: JobDefinition = {
       const blobs = [gatherShard(inputs.q, pos, qw), gatherShard(inputs.k, pos, kw), gatherShard(inputs.v, pos, kw)] as Array<Float32Array | Int32Array>;
       if (inputs.dout) blobs.push(gatherShard(inputs.dout, pos, qw));
       if (inputs.segments) blobs.push(gatherShard(inputs.segments, pos, 1));
-      const meta: ShardMeta = { seqLen, heads, kvHeads, headDim, causal: inputs.causal, layout, hasDout: !!inputs.dout, hasSegments: !!inputs.segments };
+      const meta: ShardMeta = { seqLen, heads, kvHeads, headDim, causal: inputs.causal, window: inputs.window, layout, hasDout: !!inputs.dout, hasSegments: !!inputs.segments };
       await ctx.send(r, 'shard', meta, blobs);
     }
     const o = new Float32Array(seqLen * qw);

@@ -89,6 +89,7 @@ export function prefillAttention(cfg: RingAttentionConfig, cache: KvCache): Atte
 export interface DecodeConfig extends AttentionDims {
   ring: Ring | null;
   kernel: AttentionKernel;
+  window?: number;
   scale?: number;
 }
 
@@ -128,6 +129,7 @@ export function decodeAttention(cfg: DecodeConfig, cache: KvCache, position: num
               qPos: Int32Array.of(position),
               kvPos: c.positions.subarray(0, c.len),
               causal: true,
+              window: cfg.window,
               scale: cfg.scale ?? 1 / Math.sqrt(headDim),
             });
       if (!cfg.ring || cfg.ring.worldSize === 1) return mine;

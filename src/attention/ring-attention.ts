@@ -25,6 +25,12 @@ import { Trace, TRACK_COMPUTE, TRACK_TRANSFER, TRACK_WAIT } from './trace.js';
  *
  * Nothing here knows the layout: the kernel masks by global token position,
  * and `positionsOf(rank)` says which positions a rank's block holds.
+ *
+ * With a sliding window, a KV block travels only as far as some rank still
+ * attends to it (its *reach*, the same on every rank: from positions alone), in
+ * both passes. A dK/dV accumulator leaves its block at the last rank that
+ * needs it and goes on alone to its owner ("dkv-home"): on a one-way ring the
+ * way home is the rest of the ring, so these hops are not saved.
  */
 
 /** The ring schedule's settings, whichever memory the blocks live in. */
@@ -32,6 +38,8 @@ export interface RingConfig extends AttentionDims {
   /** null runs the same loop on a single process (a ring of one). */
   ring: Ring | null;
   causal: boolean;
+  /** Sliding window W (src/kernels/types.ts); 0 or absent = none. */
+  window?: number;
   scale?: number;
   /** false = the naive schedule: a block is sent only after the compute on it. */
   overlap: boolean;
@@ -79,11 +87,38 @@ function ringShape(cfg: RingConfig): { rank: number; n: number } {
   return cfg.ring ? { rank: cfg.ring.rank, n: cfg.ring.worldSize } : { rank: 0, n: 1 };
 }
 
+/**
+ * reach[o]: the farthest ring distance t at which some rank's queries may attend
+ * to block o (0: only its owner's). Computed from positions only, which every
+ * rank knows, so all agree; without a window every block goes all the way.
+ */
+export function blockReach(cfg: Pick<RingConfig, 'causal' | 'window' | 'positionsOf'>, n: number): number[] {
+  return Array.from({ length: n }, (_, o) => {
+    if (!cfg.window) return n - 1;
+    for (let t = n - 1; t > 0; t--) {
+      if (!isFullyMasked({ causal: cfg.causal, window: cfg.window, qPos: cfg.positionsOf(mod(o + t, n)), kvPos: cfg.positionsOf(o) })) return t;
+    }
+    return 0;
+  });
+}
+
+/** Home-bound dK/dV accumulators rank r passes on or keeps: those of blocks whose last holder is behind it. */
+function homeArrivals(reach: number[], r: number): number {
+  const n = reach.length;
+  let count = 0;
+  for (let o = 0; o < n; o++) {
+    const d = mod(r - o, n) || n;
+    if (reach[o] >= 1 && d > reach[o]) count++;
+  }
+  return count;
+}
+
 function blockArgs(cfg: RingAttentionConfig, q: Float32Array, qPos: Int32Array, kv: KVBlock): BlockArgs {
   return {
     heads: cfg.heads,
     kvHeads: cfg.kvHeads,
     headDim: cfg.headDim,
+    window: cfg.window,
     qLen: qPos.length,
     kvLen: kv.k.length / (cfg.kvHeads * cfg.headDim),
     q,
@@ -118,17 +153,39 @@ function beginPass(cfg: RingConfig, pass: 'fwd' | 'bwd'): RingOp | null {
   return cfg.ring ? cfg.ring.begin(`attn.${pass}`, pass === 'fwd' ? ['kv'] : ['bkv', 'dkv', 'dkv-home']) : null;
 }
 
-/** Starts moving a KV block one hop: send its payload to the successor, receive the predecessor's block. */
-function startPass(cfg: RingConfig, op: RingOp, tag: string, payload: Tensor[], nextOwner: number) {
-  const posted = performance.now();
-  const { sent, received } = op.sendRecv(tag, payload);
-  const traced = received.then((m) => {
-    cfg.trace?.span(`${tag} from rank ${cfg.ring!.prev.rank}`, TRACK_TRANSFER, posted, m.arrivedAt, { owner: nextOwner });
+/** Sends a block's payload one hop on (counted in the stats); the promise resolves once ZeroMQ has it. */
+function sendPass(cfg: RingConfig, op: RingOp, tag: string, payload: Tensor[]): Promise<void> {
+  const sent = op.send(tag, payload);
+  sent.catch(() => undefined);
+  if (cfg.stats) cfg.stats.bytesSent += payload.reduce((n, t) => n + t.data.byteLength, 0);
+  return sent;
+}
+
+/** A block arriving from the predecessor, traced from when its receive was posted to when its last frame came. */
+function traced(cfg: RingConfig, tag: string, incoming: Promise<Message>, owner: number, posted = performance.now()): Promise<Message> {
+  const p = incoming.then((m) => {
+    cfg.trace?.span(`${tag} from rank ${cfg.ring!.prev.rank}`, TRACK_TRANSFER, posted, m.arrivedAt, { owner });
     return m;
   });
-  traced.catch(() => undefined);
-  if (cfg.stats) cfg.stats.bytesSent += payload.reduce((n, t) => n + t.data.byteLength, 0);
-  return { sent, received: traced };
+  p.catch(() => undefined);
+  return p;
+}
+
+/** The dK/dV accumulators on their way home through this rank: its own is returned, the others are passed on. */
+async function passHome(
+  cfg: RingConfig,
+  op: RingOp | null,
+  reach: number[],
+  rank: number,
+  send: (tag: 'dkv-home', items: Array<Float32Array | Int32Array>) => void,
+): Promise<{ dk: Float32Array; dv: Float32Array } | null> {
+  let home: { dk: Float32Array; dv: Float32Array } | null = null;
+  for (let i = homeArrivals(reach, rank); i > 0; i--) {
+    const [hk, hv, owner] = (await waitFor(cfg, 'wait dkv home', op!.recv('dkv-home'))).map((t) => t.data as Float32Array | Int32Array);
+    if (owner[0] === rank) home = { dk: hk as Float32Array, dv: hv as Float32Array };
+    else send('dkv-home', [hk, hv, owner]);
+  }
+  return home;
 }
 
 /** Awaits a promise, counting the time as waiting (nothing left to compute meanwhile). */
@@ -167,23 +224,29 @@ export async function ringAttentionForward(cfg: RingAttentionConfig, q: Float32A
   const qPos = cfg.positionsOf(rank);
   const acc = emptyPartial(qPos.length, cfg.heads, cfg.headDim);
   const op = beginPass(cfg, 'fwd');
-  let kv: KVBlock = { owner: rank, k, v, seg: cfg.segments };
+  const reach = blockReach(cfg, n);
+  let kv: KVBlock | null = { owner: rank, k, v, seg: cfg.segments };
   for (let t = 0; t < n; t++) {
-    const last = t === n - 1;
+    // Block r - t - 1 reaches us at step t + 1 if it goes that far; ours (r - t) goes on if it goes farther.
     const nextOwner = mod(rank - t - 1, n);
-    let pass = !last && cfg.overlap ? startPass(cfg, op!, 'kv', kvPayload(cfg, kv), nextOwner) : null;
-    const args = blockArgs(cfg, q, qPos, kv);
-    if (cfg.stats) cfg.stats.steps++;
-    if (isFullyMasked(args)) {
-      if (cfg.stats) cfg.stats.skippedSteps++;
-    } else {
-      const part = await timed(cfg, 'attention fwd', t, kv.owner, () => cfg.kernel.forward(args));
-      mergePartial(acc, part, cfg.heads, cfg.headDim);
+    const posted = performance.now();
+    const incoming = t + 1 <= reach[nextOwner] ? op!.recvMessage('kv') : null;
+    incoming?.catch(() => undefined);
+    const forward = kv !== null && t + 1 <= reach[kv.owner];
+    let sent = forward && cfg.overlap ? sendPass(cfg, op!, 'kv', kvPayload(cfg, kv!)) : null;
+    if (kv) {
+      const args = blockArgs(cfg, q, qPos, kv);
+      if (cfg.stats) cfg.stats.steps++;
+      if (isFullyMasked(args)) {
+        if (cfg.stats) cfg.stats.skippedSteps++;
+      } else {
+        const part = await timed(cfg, 'attention fwd', t, kv.owner, () => cfg.kernel.forward(args));
+        mergePartial(acc, part, cfg.heads, cfg.headDim);
+      }
+      if (forward) sent ??= sendPass(cfg, op!, 'kv', kvPayload(cfg, kv));
     }
-    if (last) break;
-    pass ??= startPass(cfg, op!, 'kv', kvPayload(cfg, kv), nextOwner);
-    kv = kvFromMessage(await waitFor(cfg, 'wait kv', pass.received), nextOwner);
-    await pass.sent;
+    kv = incoming ? kvFromMessage(await waitFor(cfg, 'wait kv', traced(cfg, 'kv', incoming, nextOwner, posted)), nextOwner) : null;
+    await sent;
   }
   op?.end();
   return acc;
@@ -205,6 +268,7 @@ export async function ringAttentionBackward(
 ): Promise<{ dq: Float32Array; dk: Float32Array; dv: Float32Array }> {
   const { rank, n } = ringShape(cfg);
   const op = beginPass(cfg, 'bwd');
+  const reach = blockReach(cfg, n);
   const qPos = cfg.positionsOf(rank);
   const grad = { dO, lse: saved.lse, delta: rowDelta(dO, saved.o, qPos.length, cfg.heads, cfg.headDim) };
   const dq = new Float32Array(saved.q.length);
@@ -212,52 +276,56 @@ export async function ringAttentionBackward(
   // arrived, and that accumulator travels on. So from step 1 on the share is one scratch pair,
   // never sent (a sent array cannot be reused: ZeroMQ sends it zero-copy, later), zeroed per step.
   let scratch: { dk: Float32Array; dv: Float32Array } | null = null;
-  let kv: KVBlock = { owner: rank, k: saved.k, v: saved.v, seg: cfg.segments };
+  let home: { dk: Float32Array; dv: Float32Array } | null = null;
+  const sends: Promise<void>[] = [];
+  const sendD = (tag: 'dkv' | 'dkv-home', items: Array<Float32Array | Int32Array>) => {
+    sends.push(sendPass(cfg, op!, tag, items.map((x) => ({ data: x, shape: [x.length] }))));
+  };
+  let kv: KVBlock | null = { owner: rank, k: saved.k, v: saved.v, seg: cfg.segments };
   for (let t = 0; t < n; t++) {
-    const last = t === n - 1;
     const nextOwner = mod(rank - t - 1, n);
-    let pass = !last && cfg.overlap ? startPass(cfg, op!, 'bkv', kvPayload(cfg, kv), nextOwner) : null;
-    // The accumulator for this block arrives from the predecessor while we compute our share into zeros.
-    const incoming = t > 0 ? op!.recv('dkv') : null;
+    const posted = performance.now();
+    const incoming = t + 1 <= reach[nextOwner] ? op!.recvMessage('bkv') : null;
     incoming?.catch(() => undefined);
-    let dk: Float32Array;
-    let dv: Float32Array;
-    if (incoming) {
-      scratch ??= { dk: new Float32Array(kv.k.length), dv: new Float32Array(kv.v.length) };
-      ({ dk, dv } = scratch);
-      dk.fill(0);
-      dv.fill(0);
-    } else {
-      dk = new Float32Array(kv.k.length);
-      dv = new Float32Array(kv.v.length);
+    if (kv) {
+      const forward = t + 1 <= reach[kv.owner];
+      let sent = forward && cfg.overlap ? sendPass(cfg, op!, 'bkv', kvPayload(cfg, kv)) : null;
+      // The accumulator for this block arrives from the predecessor while we compute our share into zeros.
+      const acc = t > 0 ? op!.recv('dkv') : null;
+      acc?.catch(() => undefined);
+      let dk: Float32Array;
+      let dv: Float32Array;
+      if (acc) {
+        scratch ??= { dk: new Float32Array(kv.k.length), dv: new Float32Array(kv.v.length) };
+        ({ dk, dv } = scratch);
+        dk.fill(0);
+        dv.fill(0);
+      } else {
+        dk = new Float32Array(kv.k.length);
+        dv = new Float32Array(kv.v.length);
+      }
+      const args = blockArgs(cfg, saved.q, qPos, kv);
+      if (cfg.stats) cfg.stats.steps++;
+      if (isFullyMasked(args)) {
+        if (cfg.stats) cfg.stats.skippedSteps++;
+      } else {
+        await timed(cfg, 'attention bwd', t, kv.owner, () => cfg.kernel.backward(args, grad, { dq, dk, dv }));
+      }
+      if (acc) ({ dk, dv } = await accumulate(cfg, acc, dk, dv));
+      // On to the next rank that needs the block; past the last one, home alone (ours stays if nobody else needs it).
+      if (forward) sendD('dkv', [dk, dv]);
+      else if (kv.owner === rank) home = { dk, dv };
+      else sendD('dkv-home', [dk, dv, Int32Array.of(kv.owner)]);
+      if (forward) sent ??= sendPass(cfg, op!, 'bkv', kvPayload(cfg, kv));
+      if (sent) sends.push(sent);
     }
-    const args = blockArgs(cfg, saved.q, qPos, kv);
-    if (cfg.stats) cfg.stats.steps++;
-    if (isFullyMasked(args)) {
-      if (cfg.stats) cfg.stats.skippedSteps++;
-    } else {
-      await timed(cfg, 'attention bwd', t, kv.owner, () => cfg.kernel.backward(args, grad, { dq, dk, dv }));
-    }
-    if (incoming) ({ dk, dv } = await accumulate(cfg, incoming, dk, dv));
-    if (n === 1) {
-      op?.end();
-      return { dq, dk, dv };
-    }
-    // After the last step the block we hold belongs to our successor: this send is its trip home.
-    const sentD = op!.send(last ? 'dkv-home' : 'dkv', [dk, dv]);
-    sentD.catch(() => undefined);
-    if (cfg.stats) cfg.stats.bytesSent += dk.byteLength + dv.byteLength;
-    if (last) {
-      const [hk, hv] = (await waitFor(cfg, 'wait dkv home', op!.recv('dkv-home'))).map((x) => x.data as Float32Array);
-      await sentD;
-      op!.end();
-      return { dq, dk: hk, dv: hv };
-    }
-    pass ??= startPass(cfg, op!, 'bkv', kvPayload(cfg, kv), nextOwner);
-    kv = kvFromMessage(await waitFor(cfg, 'wait kv', pass.received), nextOwner);
-    await pass.sent;
+    kv = incoming ? kvFromMessage(await waitFor(cfg, 'wait kv', traced(cfg, 'bkv', incoming, nextOwner, posted)), nextOwner) : null;
   }
-  throw new Error('unreachable');
+  home = (await passHome(cfg, op, reach, rank, sendD)) ?? home;
+  await Promise.all(sends);
+  op?.end();
+  if (!home) throw new Error(`ring attention backward: rank ${rank}'s dK/dV never came home`);
+  return { dq, dk: home.dk, dv: home.dv };
 }
 
 /**
@@ -312,7 +380,7 @@ class EngineRing {
 
   private shape(qLen: number, kvLen: number): AttentionShape {
     const c = this.cfg;
-    return { heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, qLen, kvLen, causal: c.causal, scale: c.scale ?? 1 / Math.sqrt(c.headDim) };
+    return { heads: c.heads, kvHeads: c.kvHeads, headDim: c.headDim, qLen, kvLen, causal: c.causal, window: c.window, scale: c.scale ?? 1 / Math.sqrt(c.headDim) };
   }
 
   private mask(owner: number, slot: number, kvSeg: Int32Array | undefined, qLen: number): AttentionMask {
@@ -327,7 +395,7 @@ class EngineRing {
   private skip(owner: number, kvSeg: Int32Array | undefined): boolean {
     const { rank } = ringShape(this.cfg);
     const c = this.cfg;
-    return isFullyMasked({ causal: c.causal, qPos: c.positionsOf(rank), kvPos: c.positionsOf(owner), qSeg: c.segments, kvSeg });
+    return isFullyMasked({ causal: c.causal, window: c.window, qPos: c.positionsOf(rank), kvPos: c.positionsOf(owner), qSeg: c.segments, kvSeg });
   }
 
   /** The rank's own K, V as the ring's payload (rounded once here for a 16-bit wire); the reads are submitted now. */
@@ -363,9 +431,8 @@ class EngineRing {
   }
 
   /** The next block of a pass, into the device slot of step + 1; its payload goes on as it came. */
-  private async receive(p: ReturnType<typeof startPass>, step: number, owner: number) {
-    const got = this.upload(await waitFor(this.cfg, 'wait kv', p.received), (step + 1) % 2, this.cfg.positionsOf(owner).length);
-    await p.sent;
+  private async receive(incoming: Promise<Message>, step: number, owner: number, posted: number) {
+    const got = this.upload(await waitFor(this.cfg, 'wait kv', traced(this.cfg, 'kv', incoming, owner, posted)), (step + 1) % 2, this.cfg.positionsOf(owner).length);
     return { kv: { owner, k: got.k, v: got.v, seg: got.seg }, payload: Promise.resolve(got.payload) };
   }
 
@@ -376,16 +443,25 @@ class EngineRing {
     const qLen = cfg.positionsOf(rank).length;
     this.att.reset(this.shape(qLen, qLen), t.o, t.lse);
     const op = beginPass(cfg, 'fwd');
-    let kv = { owner: rank, k: t.k, v: t.v, seg: cfg.segments };
-    let payload: Promise<Tensor[]> = n > 1 ? this.ownPayload(t.k, t.v) : Promise.resolve([]);
+    const reach = blockReach(cfg, n);
+    let kv: { owner: number; k: Tensor32; v: Tensor32; seg?: Int32Array } | null = { owner: rank, k: t.k, v: t.v, seg: cfg.segments };
+    let payload: Promise<Tensor[]> = reach[rank] > 0 ? this.ownPayload(t.k, t.v) : Promise.resolve([]);
     for (let step = 0; step < n; step++) {
-      const last = step === n - 1;
       const nextOwner = mod(rank - step - 1, n);
-      const pass = !last && cfg.overlap ? startPass(cfg, op!, 'kv', await payload, nextOwner) : null;
-      const held = kv;
-      await this.attend('attention fwd', step, held, qLen, (s, m) => this.att.forward(s, m, t.q, held.k, held.v, t.o, t.lse));
-      if (last) break;
-      ({ kv, payload } = await this.receive(pass ?? startPass(cfg, op!, 'kv', await payload, nextOwner), step, nextOwner));
+      const posted = performance.now();
+      const incoming = step + 1 <= reach[nextOwner] ? op!.recvMessage('kv') : null;
+      incoming?.catch(() => undefined);
+      let sent: Promise<void> | null = null;
+      if (kv) {
+        const forward = step + 1 <= reach[kv.owner];
+        if (forward && cfg.overlap) sent = sendPass(cfg, op!, 'kv', await payload);
+        const held = kv;
+        await this.attend('attention fwd', step, held, qLen, (s, m) => this.att.forward(s, m, t.q, held.k, held.v, t.o, t.lse));
+        if (forward) sent ??= sendPass(cfg, op!, 'kv', await payload);
+      }
+      kv = null;
+      if (incoming) ({ kv, payload } = await this.receive(incoming, step, nextOwner, posted));
+      await sent;
     }
     op?.end();
   }
@@ -395,51 +471,62 @@ class EngineRing {
     const { rank, n } = ringShape(cfg);
     this.ensure();
     const op = beginPass(cfg, 'bwd');
+    const reach = blockReach(cfg, n);
     const e = this.engine;
     const qLen = cfg.positionsOf(rank).length;
     const delta = slice(this.deltaT!, 0, cfg.heads * qLen);
     this.att.delta(this.shape(qLen, qLen), dO, saved.o, delta);
     e.zero(g.dq);
     const grads = { q: saved.q, k: saved.k, v: saved.v, dO, lse: saved.lse, delta };
-    let kv = { owner: rank, k: saved.k, v: saved.v, seg: cfg.segments };
-    let payload: Promise<Tensor[]> = n > 1 ? this.ownPayload(saved.k, saved.v) : Promise.resolve([]);
+    const sends: Promise<void>[] = [];
+    const sendD = (tag: 'dkv' | 'dkv-home', items: Array<Float32Array | Int32Array>) => {
+      sends.push(sendPass(cfg, op!, tag, items.map((x) => ({ data: x, shape: [x.length] }))));
+    };
+    let home: { dk: Float32Array; dv: Float32Array } | null = null;
+    let kv: { owner: number; k: Tensor32; v: Tensor32; seg?: Int32Array } | null = { owner: rank, k: saved.k, v: saved.v, seg: cfg.segments };
+    let payload: Promise<Tensor[]> = reach[rank] > 0 ? this.ownPayload(saved.k, saved.v) : Promise.resolve([]);
     for (let step = 0; step < n; step++) {
-      const last = step === n - 1;
       const nextOwner = mod(rank - step - 1, n);
-      const pass = !last && cfg.overlap ? startPass(cfg, op!, 'bkv', await payload, nextOwner) : null;
-      const incoming = step > 0 ? op!.recv('dkv') : null;
+      const posted = performance.now();
+      const incoming = step + 1 <= reach[nextOwner] ? op!.recvMessage('bkv') : null;
       incoming?.catch(() => undefined);
-      const w = cfg.positionsOf(kv.owner).length * cfg.kvHeads * cfg.headDim;
-      // A ring of one adds straight into the model's dk, dv; otherwise our share goes to the host.
-      const share = n === 1 ? { dk: g.dk, dv: g.dv } : { dk: slice(this.share!.dk, 0, w), dv: slice(this.share!.dv, 0, w) };
-      e.zero(share.dk);
-      e.zero(share.dv);
-      const held = kv;
-      await this.attend('attention bwd', step, held, qLen, (s, m) =>
-        this.att.backward(s, m, { ...grads, k: held.k, v: held.v }, { dq: g.dq, dk: share.dk, dv: share.dv }),
-      );
-      if (n === 1) {
-        op?.end();
-        return;
+      if (kv) {
+        const forward = step + 1 <= reach[kv.owner];
+        let sent = forward && cfg.overlap ? sendPass(cfg, op!, 'bkv', await payload) : null;
+        const acc = step > 0 ? op!.recv('dkv') : null;
+        acc?.catch(() => undefined);
+        const w = cfg.positionsOf(kv.owner).length * cfg.kvHeads * cfg.headDim;
+        // A block nobody else needs (a ring of one, or a short window) adds straight into the model's dk, dv.
+        const direct = kv.owner === rank && !forward;
+        const share = direct ? { dk: g.dk, dv: g.dv } : { dk: slice(this.share!.dk, 0, w), dv: slice(this.share!.dv, 0, w) };
+        e.zero(share.dk);
+        e.zero(share.dv);
+        const held = kv;
+        await this.attend('attention bwd', step, held, qLen, (s, m) =>
+          this.att.backward(s, m, { ...grads, k: held.k, v: held.v }, { dq: g.dq, dk: share.dk, dv: share.dv }),
+        );
+        if (!direct) {
+          // The share is read into fresh arrays: they are what travels on.
+          let dk: Float32Array = Float32Array.from(await e.read(share.dk));
+          let dv: Float32Array = Float32Array.from(await e.read(share.dv));
+          if (acc) ({ dk, dv } = await accumulate(cfg, acc, dk, dv));
+          if (forward) sendD('dkv', [dk, dv]);
+          else sendD('dkv-home', [dk, dv, Int32Array.of(held.owner)]);
+        }
+        if (forward) sent ??= sendPass(cfg, op!, 'bkv', await payload);
+        if (sent) sends.push(sent);
       }
-      // The share is read into fresh arrays: they are what travels on.
-      let dk: Float32Array = Float32Array.from(await e.read(share.dk));
-      let dv: Float32Array = Float32Array.from(await e.read(share.dv));
-      if (incoming) ({ dk, dv } = await accumulate(cfg, incoming, dk, dv));
-      const sentD = op!.send(last ? 'dkv-home' : 'dkv', [dk, dv]);
-      sentD.catch(() => undefined);
-      if (cfg.stats) cfg.stats.bytesSent += dk.byteLength + dv.byteLength;
-      if (last) {
-        const [hk, hv] = (await waitFor(cfg, 'wait dkv home', op!.recv('dkv-home'))).map((x) => x.data as Float32Array);
-        await sentD;
-        op!.end();
-        e.write(g.dk, hk);
-        e.write(g.dv, hv);
-        await e.flush();
-        return;
-      }
-      ({ kv, payload } = await this.receive(pass ?? startPass(cfg, op!, 'bkv', await payload, nextOwner), step, nextOwner));
+      kv = null;
+      if (incoming) ({ kv, payload } = await this.receive(incoming, step, nextOwner, posted));
     }
+    home = (await passHome(cfg, op, reach, rank, sendD)) ?? home;
+    await Promise.all(sends);
+    op?.end();
+    if (home) {
+      e.write(g.dk, home.dk);
+      e.write(g.dv, home.dv);
+    }
+    await e.flush();
   }
 }
 

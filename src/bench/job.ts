@@ -150,7 +150,7 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
   phaseDone('kernel calibrated', { fwdGflops: +calibration.fwdGflops.toFixed(2) });
 
   // Exact work per query tile and ring step; the time-limited mode picks tiles from it.
-  const entries = tileEntries(qPos, tileQ, (owner) => sortedCopy(positionsOf(owner)), rank, n, p.causal);
+  const entries = tileEntries(qPos, tileQ, (owner) => sortedCopy(positionsOf(owner)), rank, n, p.causal, p.window);
   const totalTiles = queryTiles(s, tileQ).length;
   const allTiles = Array.from({ length: totalTiles }, (_, i) => i);
   const totalPerStep = chosenEntries(entries, allTiles, n);
@@ -208,7 +208,7 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
   phaseDone(`work counted: ${setup.mode}, ${chosen.length} of ${totalTiles} query tiles`);
   await collectGarbage();
 
-  const base: RingAttentionConfig = { ring, kernel: metered, causal: p.causal, heads: H, kvHeads: G, headDim: D, overlap: p.overlap, positionsOf, wire: spec.ring.wire };
+  const base: RingAttentionConfig = { ring, kernel: metered, causal: p.causal, window: p.window, heads: H, kvHeads: G, headDim: D, overlap: p.overlap, positionsOf, wire: spec.ring.wire };
   const phase = (st: ReturnType<typeof newRingStepStats>, wallMs: number, kernelMsPerStep: number[]): PhaseRaw => ({
     wallMs,
     kernelMsPerStep,
@@ -277,6 +277,7 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
     qPos,
     kvPos: positionsOf(stepOwner(rank, t, n)),
     causal: p.causal,
+    window: p.window,
     scale: 1 / Math.sqrt(D),
   });
   // As many passes as timed ring iterations: both sides of the ring overhead are means over the same count.

@@ -15,6 +15,8 @@ export interface BenchParams {
   kvHeads: number;
   headDim: number;
   causal: boolean;
+  /** Sliding window (attention.window); absent = none. */
+  window?: number;
   layout: Layout;
   backward: boolean;
   overlap: boolean;
@@ -86,6 +88,7 @@ export function parseBenchArgs(args: Record<string, unknown>): BenchParams {
     kvHeads: int(args, 'kvHeads', 1),
     headDim: int(args, 'headDim', 1),
     causal: bool(args, 'causal'),
+    ...(args.window !== undefined ? { window: int(args, 'window', 1) } : {}),
     layout: layout as Layout,
     backward: bool(args, 'backward'),
     overlap: bool(args, 'overlap'),

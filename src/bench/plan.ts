@@ -1,3 +1,5 @@
+import { shardPositions } from '../attention/layout.js';
+import { blockReach } from '../attention/ring-attention.js';
 import { formatSize } from '../config/index.js';
 import { UserError } from '../errors.js';
 import type { BenchParams } from './params.js';
@@ -100,12 +102,17 @@ export function memoryPlan(p: BenchParams): Pick<BenchPlan, 'shardLen' | 'bytesP
 export function benchPlan(p: BenchParams): BenchPlan {
   const n = p.workers;
   const mem = memoryPlan(p);
-  const perRankSteps = ringEntries(p.layout, p.seqLen, n, p.causal);
+  const perRankSteps = ringEntries(p.layout, p.seqLen, n, p.causal, p.window);
   const perRank = perRankSteps.map((steps) => steps.reduce((a, b) => a + b, 0));
   const total = perRank.reduce((a, b) => a + b, 0);
   const fwdPer = forwardFlopsPerEntry(p.heads, p.headDim);
   const bwdPer = p.backward ? backwardFlopsPerEntry(p.heads, p.headDim) : 0;
-  const hopsPerRank = { forward: n - 1, backward: p.backward ? 2 * n - 1 : 0 };
+  // Hops as the ring makes them: each block as far as its reach (a window shortens it), and in the backward
+  // each dK/dV accumulator all the way home; without a window, n - 1 and 2n - 1 per rank.
+  const reach = blockReach({ causal: p.causal, window: p.window, positionsOf: (r) => shardPositions(p.layout, p.seqLen, n, r) }, n);
+  const kvHops = reach.reduce((a, b) => a + b, 0);
+  const dkvHops = reach.reduce((a, r) => a + (r > 0 ? n : 0), 0);
+  const hopsPerRank = { forward: kvHops / n, backward: p.backward ? (kvHops + dkvHops) / n : 0 };
   return {
     seqLen: p.seqLen,
     workers: n,

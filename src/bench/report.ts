@@ -361,7 +361,7 @@ function table(header: string[], rows: string[][]): string[] {
 }
 
 export function describeRun(p: BenchParams): string {
-  const mask = p.causal ? `causal, ${p.layout}` : `non-causal, ${p.layout}`;
+  const mask = `${p.causal ? 'causal' : 'non-causal'}${p.window ? `, window ${p.window}` : ''}, ${p.layout}`;
   return (
     `${formatSize(p.seqLen)} tokens (${p.seqLen}) on ${p.workers} worker(s), ${mask}, ` +
     `${p.backward ? 'forward + backward' : 'forward'}, ${p.overlap ? 'overlapped' : 'naive (no overlap)'} schedule; ` +

@@ -47,8 +47,14 @@ export function countAtMost(sorted: Int32Array, x: number): number {
   return lo;
 }
 
+/** Keys of `kvSorted` a query at q may attend under a window W (src/kernels/types.ts). */
+function inWindowCount(kvSorted: Int32Array, q: number, causal: boolean, window: number): number {
+  return countAtMost(kvSorted, causal ? q : q + window - 1) - countAtMost(kvSorted, q - window);
+}
+
 /** Allowed entries of query positions `qSorted` against key positions `kvSorted`, both ascending. */
-export function allowedEntriesSorted(qSorted: Int32Array, kvSorted: Int32Array, causal: boolean): number {
+export function allowedEntriesSorted(qSorted: Int32Array, kvSorted: Int32Array, causal: boolean, window = 0): number {
+  if (window) return allowedEntries(qSorted, kvSorted, causal, window);
   if (!causal) return qSorted.length * kvSorted.length;
   let total = 0;
   let j = 0;
@@ -60,9 +66,13 @@ export function allowedEntriesSorted(qSorted: Int32Array, kvSorted: Int32Array, 
 }
 
 /** Allowed entries of query positions in any order against ascending key positions. */
-export function allowedEntries(qPos: Int32Array, kvSorted: Int32Array, causal: boolean): number {
-  if (!causal) return qPos.length * kvSorted.length;
+export function allowedEntries(qPos: Int32Array, kvSorted: Int32Array, causal: boolean, window = 0): number {
   let total = 0;
+  if (window) {
+    for (let i = 0; i < qPos.length; i++) total += inWindowCount(kvSorted, qPos[i], causal, window);
+    return total;
+  }
+  if (!causal) return qPos.length * kvSorted.length;
   for (let i = 0; i < qPos.length; i++) total += countAtMost(kvSorted, qPos[i]);
   return total;
 }
@@ -72,10 +82,10 @@ export function allowedEntries(qPos: Int32Array, kvSorted: Int32Array, causal: b
  * queries against the KV block it holds at step t. Linear in the sequence
  * length per (rank, step) pair, so cheap even at millions of tokens.
  */
-export function ringEntries(layout: Layout, seqLen: number, ringSize: number, causal: boolean): number[][] {
+export function ringEntries(layout: Layout, seqLen: number, ringSize: number, causal: boolean, window = 0): number[][] {
   const sorted = Array.from({ length: ringSize }, (_, r) => sortedCopy(shardPositions(layout, seqLen, ringSize, r)));
   return sorted.map((q, r) =>
-    Array.from({ length: ringSize }, (_, t) => allowedEntriesSorted(q, sorted[stepOwner(r, t, ringSize)], causal)),
+    Array.from({ length: ringSize }, (_, t) => allowedEntriesSorted(q, sorted[stepOwner(r, t, ringSize)], causal, window)),
   );
 }
 
@@ -98,13 +108,14 @@ export function tileEntries(
   rank: number,
   ringSize: number,
   causal: boolean,
+  window = 0,
 ): Float64Array {
   const tiles = queryTiles(qPos.length, tileQ);
   const out = new Float64Array(tiles.length * ringSize);
   for (let t = 0; t < ringSize; t++) {
     const kv = kvSortedOf(stepOwner(rank, t, ringSize));
     tiles.forEach((tile, i) => {
-      out[i * ringSize + t] = allowedEntries(qPos.subarray(tile.start, tile.start + tile.len), kv, causal);
+      out[i * ringSize + t] = allowedEntries(qPos.subarray(tile.start, tile.start + tile.len), kv, causal, window);
     });
   }
   return out;

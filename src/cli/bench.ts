@@ -13,12 +13,13 @@ import { formatSize, parseSize, resolvedLaunch, specFromObject, workerThreads, w
 import { UserError } from '../errors.js';
 import { runJob } from '../launch/launcher.js';
 import { selectBackend, tfjsWant } from '../tensor/backend.js';
-import { intFlag, resolveSpec, SET_OPTION, WIRE_OPTION } from './common.js';
+import { intFlag, resolveSpec, SET_OPTION, WINDOW_OPTION, WIRE_OPTION } from './common.js';
 
 interface BenchOptions {
   seqLen?: string;
   set?: string[];
   wire?: string;
+  window?: string;
   config?: string;
   workers?: string;
   backend?: string;
@@ -60,7 +61,8 @@ function resolveParams(spec: ClusterSpec, o: BenchOptions, seqLenOverride?: numb
   if (layoutName !== 'auto' && !(LAYOUTS as readonly string[]).includes(layoutName)) {
     throw new UserError(`--layout: expected one of ${LAYOUTS.join(', ')}, got "${layoutName}"`);
   }
-  const layout: Layout = layoutName === 'auto' ? defaultLayout(causal) : (layoutName as Layout);
+  const window = spec.attention.window;
+  const layout: Layout = layoutName === 'auto' ? (window ? 'contiguous' : defaultLayout(causal)) : (layoutName as Layout);
   let seqLen: number;
   if (seqLenOverride !== undefined) seqLen = seqLenOverride;
   else if (o.seqPerWorker !== undefined) {
@@ -72,6 +74,7 @@ function resolveParams(spec: ClusterSpec, o: BenchOptions, seqLenOverride?: numb
     workers,
     ...benchShape(spec, o),
     causal,
+    ...(window ? { window } : {}),
     layout,
     backward: o.backward ?? spec.bench.backward,
     overlap: o.overlap ?? spec.attention.overlap,
@@ -123,7 +126,7 @@ function refuseWebgpu(spec: ClusterSpec): void {
 }
 
 async function runOne(o: BenchOptions, out: (line: string) => void): Promise<void> {
-  const spec = resolveSpec({ config: o.config, workers: o.workers, backend: o.backend, kernel: o.kernel, set: o.set, wire: o.wire });
+  const spec = resolveSpec({ config: o.config, workers: o.workers, backend: o.backend, kernel: o.kernel, set: o.set, wire: o.wire, window: o.window });
   refuseWebgpu(spec);
   const p = resolveParams(spec, o);
   const fits = precheck(spec, p);
@@ -146,8 +149,8 @@ async function runSweep(o: BenchOptions, out: (line: string) => void): Promise<v
   } else if (o.seqLen !== undefined || o.seqPerWorker !== undefined) {
     throw new UserError('--sweep seq-len sets the sequence length; drop --seq-len and --seq-per-worker');
   }
-  refuseWebgpu(resolveSpec({ config: o.config, workers: o.workers, backend: o.backend, kernel: o.kernel, set: o.set, wire: o.wire }));
-  const specOf = (value: number) => resolveSpec({ config: sweep.variable === 'workers' ? undefined : o.config, workers: sweep.variable === 'workers' ? value : o.workers, backend: o.backend, kernel: o.kernel, set: o.set, wire: o.wire });
+  refuseWebgpu(resolveSpec({ config: o.config, workers: o.workers, backend: o.backend, kernel: o.kernel, set: o.set, wire: o.wire, window: o.window }));
+  const specOf = (value: number) => resolveSpec({ config: sweep.variable === 'workers' ? undefined : o.config, workers: sweep.variable === 'workers' ? value : o.workers, backend: o.backend, kernel: o.kernel, set: o.set, wire: o.wire, window: o.window });
   const first = specOf(sweep.values[0]);
   const outDir = path.resolve(o.out ?? path.join(first.runDir, `bench-sweep-${stamp()}`));
   mkdirSync(outDir, { recursive: true });
@@ -193,6 +196,7 @@ export function benchCommand(): Command {
     .option('--workers <n>', 'ring of N local workers (instead of --config)')
     .option(...SET_OPTION)
     .option(...WIRE_OPTION)
+    .option(...WINDOW_OPTION)
     .option('--backend <name>', 'where compute runs: auto, webgpu, tensorflow-gpu, tensorflow, wasm, cpu (overrides the spec)')
     .option('--kernel <name>', 'attention kernel: auto, native, tfjs, reference (overrides the spec)')
     .option('--heads <n>', `query heads (default: bench.heads, ${BENCH_SHAPE_DEFAULTS.heads} for the default spec)`)

@@ -7,10 +7,11 @@ import { UserError } from '../errors.js';
  * The spec a command runs on: `--config FILE`, or the packaged localhost ring,
  * resized to `--workers N` on 127.0.0.1 when that flag is given.
  */
-export function resolveSpec(opts: { config?: string; workers?: number | string; backend?: string; kernel?: string; set?: string[]; wire?: string }): ClusterSpec {
+export function resolveSpec(opts: { config?: string; workers?: number | string; backend?: string; kernel?: string; set?: string[]; wire?: string; window?: string }): ClusterSpec {
   let spec = loadSpec(opts.config ?? defaultSpecPath());
   for (const assignment of opts.set ?? []) spec = specFromObject(withSetting(spec, assignment), `--set ${assignment}`);
   if (opts.wire !== undefined) spec = specFromObject(withSetting(spec, `ring.wire=${opts.wire}`), `--wire ${opts.wire}`);
+  if (opts.window !== undefined) spec = specFromObject(withSetting(spec, `attention.window=${opts.window}`), `--window ${opts.window}`);
   if (opts.backend !== undefined || opts.kernel !== undefined) {
     spec = specFromObject({ ...spec, backend: opts.backend ?? spec.backend, kernel: opts.kernel ?? spec.kernel }, opts.backend !== undefined ? `--backend ${opts.backend}` : `--kernel ${opts.kernel}`);
   }
@@ -58,11 +59,15 @@ export const SET_OPTION = [
 /** `--wire FORMAT`: ring.wire from the command line. */
 export const WIRE_OPTION = ['--wire <format>', 'number format of KV blocks on the ring: float32, bfloat16, float16 (overrides ring.wire)'] as const;
 
+/** `--window W`: attention.window from the command line. */
+export const WINDOW_OPTION = ['--window <size>', 'sliding-window attention over W keys, e.g. 2K (overrides attention.window)'] as const;
+
 /** The flags every ring command shares: where the ring is, and what computes. */
 export function ringOptions(cmd: Command, opts: { workers?: boolean; wire?: boolean } = {}): Command {
   cmd.option('--config <file>', 'cluster spec (YAML); default: the localhost ring of configs/localhost.yaml');
   if (opts.workers) cmd.option('--workers <n>', 'a ring of N local workers instead of the spec\'s hosts');
-  if (opts.wire) cmd.option(...WIRE_OPTION);
+  // The commands that move KV blocks: train, attn, bench.
+  if (opts.wire) cmd.option(...WIRE_OPTION).option(...WINDOW_OPTION);
   return cmd
     .option(...SET_OPTION)
     .option('--backend <name>', 'where compute runs: auto, webgpu, tensorflow-gpu, tensorflow, wasm, cpu (overrides the spec)')

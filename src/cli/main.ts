@@ -52,12 +52,12 @@ function attnCommand(): Command {
     .option('--dout <file>', 'gradient of the output [seq, heads, dim]: also writes dq, dk, dv')
     .option('--segments <file>', 'document id per token [seq] (int32/int64), for packed sequences')
     .option('--causal', 'causal mask', false)
-    .option('--layout <layout>', `token layout: ${LAYOUTS.join(', ')} (default zigzag when causal, else contiguous)`)
+    .option('--layout <layout>', `token layout: ${LAYOUTS.join(', ')} (default zigzag when causal without a window, else contiguous)`)
     .requiredOption('--out <dir>', 'output folder for out.npy, lse.npy (and dq/dk/dv.npy)');
   return ringOptions(cmd, { workers: true, wire: true })
     .action(async (opts: { q: string; k: string; v: string; dout?: string; segments?: string; causal: boolean; layout?: string; workers?: string; config?: string; backend?: string; kernel?: string; out: string }) => {
       const spec = resolveSpec(opts);
-      const token = prepareAttn({ ...opts, layout: opts.layout as Layout | undefined }, worldSize(spec));
+      const token = prepareAttn({ ...opts, window: spec.attention.window, layout: opts.layout as Layout | undefined }, worldSize(spec));
       const { value } = await runJob(spec, { kind: 'attn', args: { token } }, { quiet: true });
       for (const f of value as string[]) process.stdout.write(`${f}\n`);
     });
@@ -188,7 +188,7 @@ function generateCommand(): Command {
         const threads = hostThreads(1);
         const { engine } = await loadEngine('auto', { threads, backend: (opts.backend ?? 'auto') as ComputeBackend });
         const { kernel } = await loadTunedKernel({ ...spec, kernel: 'auto' }, { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads });
-        r = await generate(spec.model, ckpt.params, tokens, { ...args, engine, kernel, onToken: (t) => process.stdout.write(Buffer.of(t)) });
+        r = await generate(spec.model, ckpt.params, tokens, { ...args, engine, kernel, window: spec.attention.window, layout: spec.attention.window ? 'contiguous' : 'zigzag', onToken: (t) => process.stdout.write(Buffer.of(t)) });
         where = '1 process';
       }
       process.stdout.write('\n');

@@ -162,6 +162,11 @@ const AttentionSchema = z
       .default('auto')
       .describe('Key/value rows per kernel tile. `auto`: as for tileQ.'),
     overlap: z.boolean().default(true).describe('Send the next KV block while computing on the current one.'),
+    window: sizeSchema
+      .optional()
+      .describe(
+        'Sliding window W (size): causal, query i attends keys j with i - W < j <= i; not causal, |i - j| < W. A KV block travels only as far as some rank still needs it. Absent: none. With a window, layout auto is contiguous.',
+      ),
     scope: z
       .enum(['ring', 'local'])
       .default('ring')

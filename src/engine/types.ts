@@ -93,6 +93,8 @@ export interface AttentionShape {
   qLen: number;
   kvLen: number;
   causal: boolean;
+  /** Sliding window W (src/kernels/types.ts); 0 or absent = none. */
+  window?: number;
   /** Softmax scale, 1/sqrt(headDim) by convention. */
   scale: number;
 }

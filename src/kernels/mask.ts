@@ -7,6 +7,8 @@ import type { BlockArgs } from './types.js';
  */
 export interface MaskArgs {
   causal: boolean;
+  /** Sliding window W (types.ts); 0 or absent = none. */
+  window?: number;
   qPos: Int32Array;
   kvPos: Int32Array;
   qSeg?: Int32Array;
@@ -17,7 +19,42 @@ export interface MaskArgs {
 export function canAttend(m: MaskArgs, i: number, j: number): boolean {
   if (m.causal && m.kvPos[j] > m.qPos[i]) return false;
   if (m.qSeg && m.kvSeg && m.qSeg[i] !== m.kvSeg[j]) return false;
-  return true;
+  return inWindow(m, m.qPos[i], m.kvPos[j]);
+}
+
+/** The window's part of the rule for one pair of positions (true without a window). */
+export function inWindow(m: Pick<MaskArgs, 'causal' | 'window'>, q: number, k: number): boolean {
+  const w = m.window ?? 0;
+  if (!w) return true;
+  return q - k < w && (m.causal || k - q < w);
+}
+
+function range(pos: Int32Array): { min: number; max: number } {
+  let min = Infinity;
+  let max = -Infinity;
+  for (let i = 0; i < pos.length; i++) {
+    if (pos[i] < min) min = pos[i];
+    if (pos[i] > max) max = pos[i];
+  }
+  return { min, max };
+}
+
+/** No pair of the two position sets is within the window: every key is too old, or (not causal) too far ahead, for every query. */
+function outsideWindow(m: MaskArgs): boolean {
+  const w = m.window ?? 0;
+  if (!w) return false;
+  const q = range(m.qPos);
+  const k = range(m.kvPos);
+  return q.min - k.max >= w || (!m.causal && k.min - q.max >= w);
+}
+
+/** Every pair of the two position sets is within the window. */
+function insideWindow(m: MaskArgs): boolean {
+  const w = m.window ?? 0;
+  if (!w) return true;
+  const q = range(m.qPos);
+  const k = range(m.kvPos);
+  return q.max - k.min < w && (m.causal || k.max - q.min < w);
 }
 
 /**
@@ -34,6 +71,9 @@ export function isFullyMasked(m: MaskArgs): boolean {
   if ((m.qSeg === undefined) !== (m.kvSeg === undefined)) {
     throw new Error('qSeg and kvSeg must be both present or both absent');
   }
+  // Exact: the window alone rules every pair out (with segments too, which only remove more).
+  if (outsideWindow(m)) return true;
+  if (m.window && !insideWindow(m)) return !anyInWindow(m);
   if (!m.qSeg || !m.kvSeg) {
     if (!m.causal) return false;
     let maxQ = -Infinity;
@@ -55,11 +95,44 @@ export function isFullyMasked(m: MaskArgs): boolean {
   return true;
 }
 
+/**
+ * Whether some (query, key) pair passes the whole rule under a window: per
+ * document (one without segments), the query positions sorted, and for each
+ * key the nearest query at or after it (causal) or on either side. O((nq + nk) log nq).
+ */
+function anyInWindow(m: MaskArgs): boolean {
+  const byDoc = new Map<number, number[]>();
+  for (let i = 0; i < m.qPos.length; i++) {
+    const d = m.qSeg ? m.qSeg[i] : 0;
+    const list = byDoc.get(d);
+    if (list) list.push(m.qPos[i]);
+    else byDoc.set(d, [m.qPos[i]]);
+  }
+  for (const list of byDoc.values()) list.sort((a, b) => a - b);
+  for (let j = 0; j < m.kvPos.length; j++) {
+    const qs = byDoc.get(m.kvSeg ? m.kvSeg[j] : 0);
+    if (!qs) continue;
+    const k = m.kvPos[j];
+    // First query position >= k.
+    let lo = 0;
+    let hi = qs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (qs[mid] < k) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo < qs.length && inWindow(m, qs[lo], k)) return true;
+    if (!m.causal && lo > 0 && inWindow(m, qs[lo - 1], k)) return true;
+  }
+  return false;
+}
+
 /** True iff every query row may attend to every key: the mask can be left out entirely. */
 export function isFullyAllowed(m: MaskArgs): boolean {
   const nq = m.qPos.length;
   const nk = m.kvPos.length;
   if (nq === 0 || nk === 0) return true;
+  if (!insideWindow(m)) return false;
   if (m.causal) {
     let minQ = Infinity;
     let maxK = -Infinity;
@@ -81,6 +154,7 @@ export type TileKind = 'skip' | 'full' | 'partial';
 export function classifyTile(m: MaskArgs, q0: number, q1: number, k0: number, k1: number): TileKind {
   const sub: MaskArgs = {
     causal: m.causal,
+    window: m.window,
     qPos: m.qPos.subarray(q0, q1),
     kvPos: m.kvPos.subarray(k0, k1),
     qSeg: m.qSeg?.subarray(q0, q1),

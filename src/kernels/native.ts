@@ -101,6 +101,7 @@ function callArgs(args: BlockArgs, opts: NativeKernelOptions): NativeCall {
     kvHeads,
     headDim,
     causal: args.causal,
+    window: args.window ?? 0,
     scale: args.scale,
     tileQ: opts.tileQ,
     tileKV: opts.tileKV,

@@ -99,6 +99,8 @@ export interface FullAttentionArgs {
   kvHeads: number;
   headDim: number;
   causal: boolean;
+  /** Sliding window W (kernels/types.ts); 0 or absent = none. */
+  window?: number;
   /** Document id per position. */
   seg?: Int32Array;
   /** Defaults to 1/sqrt(headDim). */
@@ -141,7 +143,8 @@ export function fullAttentionReference(a: FullAttentionArgs): FullAttentionResul
     const g = Math.floor(h / group);
     for (let i = 0; i < S; i++) {
       const qb = (i * heads + h) * D;
-      const allowed = (j: number): boolean => (!causal || j <= i) && (!seg || seg[i] === seg[j]);
+      const w = a.window ?? 0;
+      const allowed = (j: number): boolean => (!causal || j <= i) && (!seg || seg[i] === seg[j]) && (!w || (i - j < w && (causal || j - i < w)));
       let m = -Infinity;
       for (let j = 0; j < S; j++) {
         if (!allowed(j)) {

@@ -38,6 +38,7 @@ function planTiles(a: BlockArgs, tileQ: number, tileKV: number): Plan {
  */
 function tileBias(
   causal: boolean,
+  window: number,
   qPosT: tf.Tensor2D,
   kvPosT: tf.Tensor2D,
   qSegT: tf.Tensor2D | null,
@@ -51,6 +52,15 @@ function tileBias(
       const qp = qPosT.slice([qt.start, 0], [qt.len, 1]);
       const kp = kvPosT.slice([0, kt.start], [1, kt.len]);
       allowed = tf.lessEqual(kp, qp);
+    }
+    if (window) {
+      // q - k < W, and (not causal) k - q < W.
+      const qp = qPosT.slice([qt.start, 0], [qt.len, 1]);
+      const kp = kvPosT.slice([0, kt.start], [1, kt.len]);
+      const diff = tf.sub(qp, kp);
+      let near: tf.Tensor = tf.less(diff, window);
+      if (!causal) near = tf.logicalAnd(near, tf.greater(diff, -window));
+      allowed = allowed ? tf.logicalAnd(allowed, near) : near;
     }
     if (qSegT && kvSegT) {
       const qs = qSegT.slice([qt.start, 0], [qt.len, 1]);
@@ -131,7 +141,7 @@ export function createTfjsKernel(opts: TileSizes): AttentionKernel {
         plan.kvTiles.forEach((kt, kj) => {
           const kind = plan.kinds[qi][kj];
           if (kind === 'skip') return;
-          const bias = kind === 'partial' ? tileBias(a.causal, masks.qPosT, masks.kvPosT, masks.qSegT, masks.kvSegT, qt, kt) : null;
+          const bias = kind === 'partial' ? tileBias(a.causal, a.window ?? 0, masks.qPosT, masks.kvPosT, masks.qSegT, masks.kvSegT, qt, kt) : null;
           for (let h = 0; h < heads; h++) {
             const g = Math.floor(h / group);
             const next = tf.tidy(() => {
@@ -213,7 +223,7 @@ export function createTfjsKernel(opts: TileSizes): AttentionKernel {
         plan.qTiles.forEach((qt, qi) => {
           const kind = plan.kinds[qi][kj];
           if (kind === 'skip') return;
-          const bias = kind === 'partial' ? tileBias(a.causal, masks.qPosT, masks.kvPosT, masks.qSegT, masks.kvSegT, qt, kt) : null;
+          const bias = kind === 'partial' ? tileBias(a.causal, a.window ?? 0, masks.qPosT, masks.kvPosT, masks.qSegT, masks.kvSegT, qt, kt) : null;
           const t = qSlices[qi];
           for (let h = 0; h < heads; h++) {
             const g = Math.floor(h / group);

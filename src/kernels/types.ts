@@ -12,7 +12,10 @@
  * Masks are defined by *global* token positions, so a kernel never needs to know
  * which layout (contiguous, zigzag, striped) produced the blocks:
  *   query row i may attend to key j  iff
- *     (!causal || kvPos[j] <= qPos[i]) && (!qSeg || qSeg[i] === kvSeg[j]).
+ *     (!causal || kvPos[j] <= qPos[i]) && (!qSeg || qSeg[i] === kvSeg[j])
+ *     && (!window || qPos[i] - kvPos[j] < window)                   (causal: the W keys up to and including i)
+ *     && (!window || causal || kvPos[j] - qPos[i] < window)          (not causal: |i - j| < W).
+ * window 0 (or absent) is no window.
  * A query row with no allowed key has lse = -Infinity and an all-zero output row.
  */
 export interface AttentionDims {
@@ -33,6 +36,8 @@ export interface BlockArgs extends AttentionDims {
   qSeg?: Int32Array;
   kvSeg?: Int32Array;
   causal: boolean;
+  /** Sliding window W: keys within W positions of the query (see the rule above); 0 or absent = none. */
+  window?: number;
   /** Softmax scale; 1/sqrt(headDim) by convention. */
   scale: number;
 }

@@ -44,6 +44,7 @@ export const generateJob: JobDefinition = {
       kernel: kernel ?? referenceKernel,
       ring,
       layout: resolveLayout(spec.attention),
+      window: spec.attention.window,
       onToken: (token) => {
         if (ctx.rank === 0) void ctx.result('token', token);
       },

@@ -39,6 +39,8 @@ export interface GenerateOptions {
   ring?: Ring | null;
   /** How the prompt is sharded for the prefill (default zigzag). */
   layout?: Layout;
+  /** The sliding window the model was trained with (attention.window); absent = none. */
+  window?: number;
   /** Called with each new token as it is produced, and with the logits it was drawn from. */
   onToken?: (token: number, logits: Float32Array) => void;
 }
@@ -115,7 +117,7 @@ export async function generate(cfg: ModelConfig, params: Params, prompt: Int32Ar
   const layout = opts.layout ?? 'zigzag';
   const kernel = opts.kernel ?? referenceKernel;
   const hd = headDimOf(cfg);
-  const dims = { heads: cfg.heads, kvHeads: cfg.kvHeads, headDim: hd };
+  const dims = { heads: cfg.heads, kvHeads: cfg.kvHeads, headDim: hd, window: opts.window };
   const quantum = layoutQuantum(layout, n);
   const prefillLen = Math.floor((prompt.length - 1) / quantum) * quantum;
   const shardLen = prefillLen / n;

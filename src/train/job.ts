@@ -35,6 +35,7 @@ export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKern
         ring: spec.attention.scope === 'local' ? null : ring,
         kernel: kernel ?? undefined,
         causal: spec.attention.causal,
+        window: spec.attention.window,
         heads: spec.model.heads,
         kvHeads: spec.model.kvHeads,
         headDim: spec.model.dModel / spec.model.heads,

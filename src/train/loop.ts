@@ -97,8 +97,10 @@ export function lengthStages(t: Pick<ClusterSpec['train'], 'seqLen' | 'batch' | 
 }
 
 /** The layout the spec asks for, `auto` resolved. */
-export function resolveLayout(attention: { causal: boolean; layout: string }): Layout {
-  return attention.layout === 'auto' ? defaultLayout(attention.causal) : (attention.layout as Layout);
+export function resolveLayout(attention: { causal: boolean; layout: string; window?: number }): Layout {
+  // With a window each contiguous shard does the same work, and blocks travel fewest hops.
+  if (attention.layout === 'auto') return attention.window ? 'contiguous' : defaultLayout(attention.causal);
+  return attention.layout as Layout;
 }
 
 // The all-reduce carries float32: integers up to 2^53 travel as four 16-bit

@@ -198,6 +198,7 @@ const ATTN_FIELDS: ReadonlyArray<readonly [string, FieldType]> = [
   ['nKt', 'u32'],
   ['total', 'u32'],
   ['causal', 'u32'],
+  ['window', 'u32'],
   ['scale', 'f32'],
   ['scale2', 'f32'],
   ['oQP', 'u32'],
@@ -224,6 +225,8 @@ fn skipTile(qt: u32, kt: u32) -> u32 {
   let km = u.b_mk + u.oKM + 4u * kt;
   if (u.causal != 0u && mk[km] > mk[qm + 1u]) { return 1u; }
   if (mk[km + 3u] < mk[qm + 2u] || mk[km + 2u] > mk[qm + 3u]) { return 1u; }
+  let w = i32(u.window);
+  if (w != 0 && (mk[qm] - mk[km + 1u] >= w || (u.causal == 0u && mk[km] - mk[qm + 1u] >= w))) { return 1u; }
   return 0u;
 }
 `;
@@ -419,7 +422,8 @@ ${ind.slice(1)}}`;
 
 /** The mask rule (src/kernels/types.ts) for a key at kp in document ks against a query at qp in document qs. */
 function allowed(kp: string, qp: string, ks: string, qs: string): string {
-  return `((u.causal == 0u) | (${kp} <= ${qp})) & (${ks} == ${qs})`;
+  const near = `((${qp}) - (${kp}) < i32(u.window)) & ((u.causal != 0u) | ((${kp}) - (${qp}) < i32(u.window)))`;
+  return `((u.causal == 0u) | (${kp} <= ${qp})) & (${ks} == ${qs}) & ((u.window == 0u) | (${near}))`;
 }
 
 /** `live` for streamed key kr`t` of a query-resident kernel: in the tile, `rowCond`, below kvLen, allowed for this row. */
@@ -1024,6 +1028,7 @@ export function createWebGPUAttention(
         nKt,
         total: 0,
         causal: s.causal ? 1 : 0,
+        window: s.window ?? 0,
         scale: s.scale,
         scale2: s.scale * LOG2E,
         ...offsets,
