@@ -112,6 +112,8 @@ export function benchPlan(p: BenchParams): BenchPlan {
   const reach = blockReach({ causal: p.causal, window: p.window, positionsOf: (r) => shardPositions(p.layout, p.seqLen, n, r) }, n);
   const kvHops = reach.reduce((a, b) => a + b, 0);
   const dkvHops = reach.reduce((a, r) => a + (r > 0 ? n : 0), 0);
+  // The hops an accumulator makes home alone carry its owner's rank too (one int32).
+  const homeHops = reach.reduce((a, r) => a + (r > 0 ? n - r : 0), 0);
   const hopsPerRank = { forward: kvHops / n, backward: p.backward ? (kvHops + dkvHops) / n : 0 };
   return {
     seqLen: p.seqLen,
@@ -127,7 +129,7 @@ export function benchPlan(p: BenchParams): BenchPlan {
     bytesPerHop: mem.bytesPerHop,
     frameBytes: mem.frameBytes,
     hopsPerRank,
-    bytesSentPerRank: (hopsPerRank.forward + hopsPerRank.backward) * mem.bytesPerHop,
+    bytesSentPerRank: (hopsPerRank.forward + hopsPerRank.backward) * mem.bytesPerHop + (p.backward ? (homeHops * 4) / n : 0),
     memory: mem.memory,
   };
 }
