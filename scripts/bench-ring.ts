@@ -14,6 +14,7 @@
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { rmSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import * as zmq from 'zeromq';
@@ -112,6 +113,8 @@ async function child(role: { kind: string; index: number; port: number; bytes: n
     ms = performance.now() - t0;
   }
   await ring.close();
+  // A bound ipc socket's file outlives the socket: remove ours.
+  if (role.transport === 'ipc' || role.transport === 'shm') rmSync(endpoint(index).slice('ipc://'.length), { force: true });
   return { ms };
 }
 

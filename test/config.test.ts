@@ -270,7 +270,7 @@ describe('mistakes give file:line:col: path: message', () => {
     check(`${HOST}bench:\n  heads: 6\n  kvHeads: 4\n`, '6:12: bench.kvHeads: kvHeads 4 does not divide heads 6');
     check(
       `${HOST}    slots: 40\nring:\n  basePort: 65500\n`,
-      '6:13: ring.basePort: basePort 65500 + 40 workers exceeds port 65535; use at most 65495',
+      '6:13: ring.basePort: basePort 65500 + 40 ports (40 workers) exceeds port 65535; use at most 65495',
     );
     check(
       `${HOST}ring:\n  heartbeatIntervalMs: 1000\n  heartbeatTimeoutMs: 1000\n`,

@@ -8,7 +8,7 @@ import { referenceKernel } from '../src/kernels/reference.js';
 import type { AttentionKernel } from '../src/kernels/types.js';
 import { selectBackend } from '../src/tensor/backend.js';
 import { fullAttentionReference, gatherRows, makeProblem, relErr } from './helpers/attention.js';
-import { closeAll, openLocalRing } from './helpers/ring.js';
+import { closeAll, openLocalRingPair } from './helpers/ring.js';
 import { rng } from './helpers/rng.js';
 
 /*
@@ -79,7 +79,11 @@ describe('every kernel against the float64 reference', () => {
 });
 
 /** Ring attention of the whole problem on `rings`, gathered back into sequence order. */
-async function onRing(rings: Awaited<ReturnType<typeof openLocalRing>>, kernel: AttentionKernel, p: ReturnType<typeof makeProblem>, o: { causal: boolean; window: number; layout: Layout }) {
+type Rings = Awaited<ReturnType<typeof openLocalRingPair>>;
+
+/** Ring attention of the whole problem on `rings` (with their reverse ring unless `oneWay`), gathered back into sequence order. */
+async function onRing(pair: Rings, kernel: AttentionKernel, p: ReturnType<typeof makeProblem>, o: { causal: boolean; window: number; layout: Layout; oneWay?: boolean }) {
+  const rings = pair.forward;
   const N = rings.length;
   const S = p.seqLen;
   const { heads: H, kvHeads: G, headDim: D } = p;
@@ -88,7 +92,8 @@ async function onRing(rings: Awaited<ReturnType<typeof openLocalRing>>, kernel: 
   const parts = await Promise.all(
     rings.map(async (ring) => {
       const pos = shardPositions(o.layout, S, N, ring.rank);
-      const cfg = { ring, kernel, causal: o.causal, window: o.window, heads: H, kvHeads: G, headDim: D, overlap: true, positionsOf: (r: number) => shardPositions(o.layout, S, N, r) };
+      const reverse = o.oneWay ? null : pair.reverse[ring.rank];
+      const cfg = { ring, reverse, kernel, causal: o.causal, window: o.window, heads: H, kvHeads: G, headDim: D, overlap: true, positionsOf: (r: number) => shardPositions(o.layout, S, N, r) };
       const q = gatherRows(p.q, pos, H * D);
       const k = gatherRows(p.k, pos, G * D);
       const v = gatherRows(p.v, pos, G * D);
@@ -107,18 +112,18 @@ async function onRing(rings: Awaited<ReturnType<typeof openLocalRing>>, kernel: 
 }
 
 describe('ring attention with a window skips whole hops, exactly', () => {
-  const rings: Array<Awaited<ReturnType<typeof openLocalRing>>> = [];
+  const rings: Rings[] = [];
   after(async () => {
-    for (const r of rings) await closeAll(r);
+    for (const r of rings) await closeAll([...r.forward, ...r.reverse]);
   });
   const ringOf = async (n: number) => {
-    const r = await openLocalRing(n);
+    const r = await openLocalRingPair(n);
     rings.push(r);
     return r;
   };
 
   for (const n of [1, 2, 3, 4, 8]) {
-    test(`a ring of ${n}: W below, equal to and above the shard, causal and not, against the float64 reference; bytes per the hop count`, async () => {
+    test(`a ring of ${n}: W below, equal to and above the shard, causal and not, both dK/dV routes, against the float64 reference; bytes per the hop count`, async () => {
       const ring = await ringOf(n);
       const kernel = kernels.at(-1)!.kernel;
       const shard = 6;
@@ -127,11 +132,11 @@ describe('ring attention with a window skips whole hops, exactly', () => {
         for (const layout of ['contiguous', 'zigzag'] as const) {
           const len = layout === 'zigzag' ? S : S / 2;
           const block = len / n;
-          for (const W of [Math.max(1, block - 2), block, block + 3, 3 * block + 1]) {
+          for (const [W, oneWay] of [Math.max(1, block - 2), block, block + 3, 3 * block + 1].flatMap((w) => [[w, false], [w, true]] as const)) {
             const p = makeProblem({ seqLen: len, heads: 2, kvHeads: 1, headDim: 8, seed: n * 100 + W });
             const ref = fullAttentionReference({ ...p, causal, window: W, dO: p.dO });
-            const got = await onRing(ring, kernel, p, { causal, window: W, layout });
-            const what = `${causal ? 'causal' : 'not causal'}, ${layout}, shard ${block}, W = ${W}`;
+            const got = await onRing(ring, kernel, p, { causal, window: W, layout, oneWay });
+            const what = `${causal ? 'causal' : 'not causal'}, ${layout}, shard ${block}, W = ${W}, ${oneWay ? 'one-way ring' : 'with the reverse ring'}`;
             for (const key of ['o', 'dq', 'dk', 'dv'] as const) assert.ok(relErr(got[key], ref[key]!) < 1e-5, `${what}: ${key} ${relErr(got[key], ref[key]!)}`);
             if (layout !== 'contiguous') continue;
             // The hop count, from the layout alone: block o goes to the next h = ceil((W - 1) / block) ranks while
@@ -145,8 +150,10 @@ describe('ring attention with a window skips whole hops, exactly', () => {
             const kvBytes = block * 1 * 8 * 4 * 2;
             const hops = reach.reduce((a, b) => a + b, 0);
             assert.equal(got.fwdBytes, hops * kvBytes, `${what}: forward bytes`);
-            // Backward: the KV blocks again, each dK/dV with its block, then home alone (with its owner id) round the rest of the ring.
-            const dkv = reach.reduce((a, r) => a + (r > 0 ? r * kvBytes + (n - r) * (kvBytes + 4) : 0), 0);
+            // Backward: the KV blocks again, and each dK/dV (as large as its KV block, float32) back to its owner:
+            // with the reverse ring straight back (with its owner id), the way it came; one-way, with its block,
+            // then home alone (with its owner id) round the rest of the ring.
+            const dkv = oneWay ? reach.reduce((a, r) => a + (r > 0 ? r * kvBytes + (n - r) * (kvBytes + 4) : 0), 0) : hops * (kvBytes + 4);
             assert.equal(got.bwdBytes, hops * kvBytes + dkv, `${what}: backward bytes`);
           }
         }

@@ -137,6 +137,7 @@ export const attnJob: JobDefinition = {
     const segments = m.hasSegments ? (rest.shift() as unknown as Int32Array) : undefined;
     const base = {
       ring: ctx.ring,
+      reverse: ctx.reverse,
       causal: m.causal,
       window: m.window,
       heads: m.heads,

@@ -29,14 +29,19 @@ import { Trace, TRACK_COMPUTE, TRACK_TRANSFER, TRACK_WAIT } from './trace.js';
  * With a sliding window, a KV block travels only as far as some rank still
  * attends to it (its *reach*, the same on every rank: from positions alone), in
  * both passes. A dK/dV accumulator leaves its block at the last rank that
- * needs it and goes on alone to its owner ("dkv-home"): on a one-way ring the
- * way home is the rest of the ring, so these hops are not saved.
+ * needs it; from there it has to come back to its owner. With a reverse ring
+ * (`reverse`: each rank to its predecessor) it comes straight back, added to
+ * on the way ("dkv-back"), so the backward's dK/dV route shortens with the
+ * window too. Without one it goes on alone round the rest of the ring
+ * ("dkv-home"), and those hops are not saved.
  */
 
 /** The ring schedule's settings, whichever memory the blocks live in. */
 export interface RingConfig extends AttentionDims {
   /** null runs the same loop on a single process (a ring of one). */
   ring: Ring | null;
+  /** The same ranks linked the other way (to the predecessor): under a window, dK/dV come back on it. */
+  reverse?: Ring | null;
   causal: boolean;
   /** Sliding window W (src/kernels/types.ts); 0 or absent = none. */
   window?: number;
@@ -171,21 +176,75 @@ function traced(cfg: RingConfig, tag: string, incoming: Promise<Message>, owner:
   return p;
 }
 
-/** The dK/dV accumulators on their way home through this rank: its own is returned, the others are passed on. */
-async function passHome(
-  cfg: RingConfig,
-  op: RingOp | null,
-  reach: number[],
-  rank: number,
-  send: (tag: 'dkv-home', items: Array<Float32Array | Int32Array>) => void,
-): Promise<{ dk: Float32Array; dv: Float32Array } | null> {
-  let home: { dk: Float32Array; dv: Float32Array } | null = null;
-  for (let i = homeArrivals(reach, rank); i > 0; i--) {
-    const [hk, hv, owner] = (await waitFor(cfg, 'wait dkv home', op!.recv('dkv-home'))).map((t) => t.data as Float32Array | Int32Array);
-    if (owner[0] === rank) home = { dk: hk as Float32Array, dv: hv as Float32Array };
-    else send('dkv-home', [hk, hv, owner]);
+type Grad = { dk: Float32Array; dv: Float32Array };
+
+/**
+ * Where each dK/dV share of the backward goes, the same for the host and the
+ * engine loops. The forward route: a share computed where an accumulator
+ * arrived (`incoming`) is added to it and travels on with the block, then
+ * home round the ring. The back route (a window and a reverse ring): every
+ * share waits where it was computed; the farthest rank's goes back first, and
+ * each rank adds its own to what comes back and passes it on, to the owner.
+ */
+interface DkvRouter {
+  incoming(owner: number, t: number): Promise<Tensor[]> | null;
+  place(owner: number, t: number, share: Grad): void;
+  /** After the loop: the rank's own dK/dV (null when it stayed where it was computed, a block nobody else needs). */
+  finish(): Promise<Grad | null>;
+}
+
+function dkvRouter(cfg: RingConfig, op: RingOp | null, reach: number[], rank: number): DkvRouter {
+  const n = reach.length;
+  const sends: Promise<void>[] = [];
+  const send = (o: RingOp, tag: string, items: Array<Float32Array | Int32Array>) => {
+    sends.push(sendPass(cfg, o, tag, items.map((x) => ({ data: x, shape: [x.length] }))));
+  };
+  let home: Grad | null = null;
+  const rev = cfg.window && cfg.reverse && n > 1 ? cfg.reverse.begin('attn.bwd.back', ['dkv-back']) : null;
+  if (rev) {
+    const pending = new Map<number, Grad>();
+    return {
+      incoming: () => null,
+      place(owner, t, share) {
+        if (owner === rank && reach[rank] === 0) home = share;
+        else if (owner !== rank && t === reach[owner]) send(rev, 'dkv-back', [share.dk, share.dv, Int32Array.of(owner)]);
+        else pending.set(owner, share);
+      },
+      async finish() {
+        for (let i = pending.size; i > 0; i--) {
+          const [bk, bv, id] = (await waitFor(cfg, 'wait dkv back', rev.recv('dkv-back'))).map((x) => x.data as Float32Array | Int32Array);
+          const owner = id[0];
+          const mine = pending.get(owner);
+          if (!mine) throw new Error(`ring attention backward: rank ${rank} got dK/dV of block ${owner}, which it never held`);
+          for (let j = 0; j < mine.dk.length; j++) mine.dk[j] += bk[j];
+          for (let j = 0; j < mine.dv.length; j++) mine.dv[j] += bv[j];
+          if (owner === rank) home = mine;
+          else send(rev, 'dkv-back', [mine.dk, mine.dv, id]);
+        }
+        await Promise.all(sends);
+        rev.end();
+        return home;
+      },
+    };
   }
-  return home;
+  return {
+    incoming: (_, t) => (t > 0 ? op!.recv('dkv') : null),
+    place(owner, t, share) {
+      if (t + 1 <= reach[owner]) send(op!, 'dkv', [share.dk, share.dv]);
+      else if (owner === rank) home = share;
+      else send(op!, 'dkv-home', [share.dk, share.dv, Int32Array.of(owner)]);
+    },
+    async finish() {
+      // Accumulators on their way home pass through: ours is kept, the others go on.
+      for (let i = homeArrivals(reach, rank); i > 0; i--) {
+        const [hk, hv, id] = (await waitFor(cfg, 'wait dkv home', op!.recv('dkv-home'))).map((x) => x.data as Float32Array | Int32Array);
+        if (id[0] === rank) home = { dk: hk as Float32Array, dv: hv as Float32Array };
+        else send(op!, 'dkv-home', [hk, hv, id]);
+      }
+      await Promise.all(sends);
+      return home;
+    },
+  };
 }
 
 /** Awaits a promise, counting the time as waiting (nothing left to compute meanwhile). */
@@ -275,12 +334,9 @@ export async function ringAttentionBackward(
   // Our share of a block's dK/dV is computed into zeros, then added into the accumulator that
   // arrived, and that accumulator travels on. So from step 1 on the share is one scratch pair,
   // never sent (a sent array cannot be reused: ZeroMQ sends it zero-copy, later), zeroed per step.
-  let scratch: { dk: Float32Array; dv: Float32Array } | null = null;
-  let home: { dk: Float32Array; dv: Float32Array } | null = null;
+  let scratch: Grad | null = null;
+  const route = dkvRouter(cfg, op, reach, rank);
   const sends: Promise<void>[] = [];
-  const sendD = (tag: 'dkv' | 'dkv-home', items: Array<Float32Array | Int32Array>) => {
-    sends.push(sendPass(cfg, op!, tag, items.map((x) => ({ data: x, shape: [x.length] }))));
-  };
   let kv: KVBlock | null = { owner: rank, k: saved.k, v: saved.v, seg: cfg.segments };
   for (let t = 0; t < n; t++) {
     const nextOwner = mod(rank - t - 1, n);
@@ -291,7 +347,7 @@ export async function ringAttentionBackward(
       const forward = t + 1 <= reach[kv.owner];
       let sent = forward && cfg.overlap ? sendPass(cfg, op!, 'bkv', kvPayload(cfg, kv)) : null;
       // The accumulator for this block arrives from the predecessor while we compute our share into zeros.
-      const acc = t > 0 ? op!.recv('dkv') : null;
+      const acc = route.incoming(kv.owner, t);
       acc?.catch(() => undefined);
       let dk: Float32Array;
       let dv: Float32Array;
@@ -312,16 +368,13 @@ export async function ringAttentionBackward(
         await timed(cfg, 'attention bwd', t, kv.owner, () => cfg.kernel.backward(args, grad, { dq, dk, dv }));
       }
       if (acc) ({ dk, dv } = await accumulate(cfg, acc, dk, dv));
-      // On to the next rank that needs the block; past the last one, home alone (ours stays if nobody else needs it).
-      if (forward) sendD('dkv', [dk, dv]);
-      else if (kv.owner === rank) home = { dk, dv };
-      else sendD('dkv-home', [dk, dv, Int32Array.of(kv.owner)]);
+      route.place(kv.owner, t, { dk, dv });
       if (forward) sent ??= sendPass(cfg, op!, 'bkv', kvPayload(cfg, kv));
       if (sent) sends.push(sent);
     }
     kv = incoming ? kvFromMessage(await waitFor(cfg, 'wait kv', traced(cfg, 'bkv', incoming, nextOwner, posted)), nextOwner) : null;
   }
-  home = (await passHome(cfg, op, reach, rank, sendD)) ?? home;
+  const home = await route.finish();
   await Promise.all(sends);
   op?.end();
   if (!home) throw new Error(`ring attention backward: rank ${rank}'s dK/dV never came home`);
@@ -479,10 +532,7 @@ class EngineRing {
     e.zero(g.dq);
     const grads = { q: saved.q, k: saved.k, v: saved.v, dO, lse: saved.lse, delta };
     const sends: Promise<void>[] = [];
-    const sendD = (tag: 'dkv' | 'dkv-home', items: Array<Float32Array | Int32Array>) => {
-      sends.push(sendPass(cfg, op!, tag, items.map((x) => ({ data: x, shape: [x.length] }))));
-    };
-    let home: { dk: Float32Array; dv: Float32Array } | null = null;
+    const route = dkvRouter(cfg, op, reach, rank);
     let kv: { owner: number; k: Tensor32; v: Tensor32; seg?: Int32Array } | null = { owner: rank, k: saved.k, v: saved.v, seg: cfg.segments };
     let payload: Promise<Tensor[]> = reach[rank] > 0 ? this.ownPayload(saved.k, saved.v) : Promise.resolve([]);
     for (let step = 0; step < n; step++) {
@@ -493,7 +543,7 @@ class EngineRing {
       if (kv) {
         const forward = step + 1 <= reach[kv.owner];
         let sent = forward && cfg.overlap ? sendPass(cfg, op!, 'bkv', await payload) : null;
-        const acc = step > 0 ? op!.recv('dkv') : null;
+        const acc = route.incoming(kv.owner, step);
         acc?.catch(() => undefined);
         const w = cfg.positionsOf(kv.owner).length * cfg.kvHeads * cfg.headDim;
         // A block nobody else needs (a ring of one, or a short window) adds straight into the model's dk, dv.
@@ -510,8 +560,7 @@ class EngineRing {
           let dk: Float32Array = Float32Array.from(await e.read(share.dk));
           let dv: Float32Array = Float32Array.from(await e.read(share.dv));
           if (acc) ({ dk, dv } = await accumulate(cfg, acc, dk, dv));
-          if (forward) sendD('dkv', [dk, dv]);
-          else sendD('dkv-home', [dk, dv, Int32Array.of(held.owner)]);
+          route.place(held.owner, step, { dk, dv });
         }
         if (forward) sent ??= sendPass(cfg, op!, 'bkv', await payload);
         if (sent) sends.push(sent);
@@ -519,7 +568,7 @@ class EngineRing {
       kv = null;
       if (incoming) ({ kv, payload } = await this.receive(incoming, step, nextOwner, posted));
     }
-    home = (await passHome(cfg, op, reach, rank, sendD)) ?? home;
+    const home = await route.finish();
     await Promise.all(sends);
     op?.end();
     if (home) {

@@ -208,7 +208,7 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
   phaseDone(`work counted: ${setup.mode}, ${chosen.length} of ${totalTiles} query tiles`);
   await collectGarbage();
 
-  const base: RingAttentionConfig = { ring, kernel: metered, causal: p.causal, window: p.window, heads: H, kvHeads: G, headDim: D, overlap: p.overlap, positionsOf, wire: spec.ring.wire };
+  const base: RingAttentionConfig = { ring, reverse: ring ? ctx.reverse : null, kernel: metered, causal: p.causal, window: p.window, heads: H, kvHeads: G, headDim: D, overlap: p.overlap, positionsOf, wire: spec.ring.wire };
   const phase = (st: ReturnType<typeof newRingStepStats>, wallMs: number, kernelMsPerStep: number[]): PhaseRaw => ({
     wallMs,
     kernelMsPerStep,

@@ -108,12 +108,14 @@ export function benchPlan(p: BenchParams): BenchPlan {
   const fwdPer = forwardFlopsPerEntry(p.heads, p.headDim);
   const bwdPer = p.backward ? backwardFlopsPerEntry(p.heads, p.headDim) : 0;
   // Hops as the ring makes them: each block as far as its reach (a window shortens it), and in the backward
-  // each dK/dV accumulator all the way home; without a window, n - 1 and 2n - 1 per rank.
+  // each dK/dV accumulator home; without a window, n - 1 and 2n - 1 per rank.
   const reach = blockReach({ causal: p.causal, window: p.window, positionsOf: (r) => shardPositions(p.layout, p.seqLen, n, r) }, n);
   const kvHops = reach.reduce((a, b) => a + b, 0);
-  const dkvHops = reach.reduce((a, r) => a + (r > 0 ? n : 0), 0);
-  // The hops an accumulator makes home alone carry its owner's rank too (one int32).
-  const homeHops = reach.reduce((a, r) => a + (r > 0 ? n - r : 0), 0);
+  // With a window the workers open the reverse ring, and each dK/dV comes back the way its block went, carrying
+  // its owner's rank (one int32); without, it travels on with the block and its one hop home carries the rank.
+  const back = Boolean(p.window) && n > 1;
+  const dkvHops = back ? kvHops : reach.reduce((a, r) => a + (r > 0 ? n : 0), 0);
+  const homeHops = back ? kvHops : reach.reduce((a, r) => a + (r > 0 ? n - r : 0), 0);
   const hopsPerRank = { forward: kvHops / n, backward: p.backward ? (kvHops + dkvHops) / n : 0 };
   return {
     seqLen: p.seqLen,

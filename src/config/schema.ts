@@ -371,11 +371,13 @@ export const ClusterSpecSchema = z
     });
 
     const world = worldSize(spec);
-    if (spec.ring.basePort + world > 65535) {
+    // With a window every rank binds a second port, for the reverse ring: basePort + 1 + world + rank.
+    const ports = spec.attention.window && world > 1 ? 2 * world : world;
+    if (spec.ring.basePort + ports > 65535) {
       ctx.addIssue({
         code: 'custom',
         path: ['ring', 'basePort'],
-        message: `basePort ${spec.ring.basePort} + ${world} workers exceeds port 65535; use at most ${65535 - world}`,
+        message: `basePort ${spec.ring.basePort} + ${ports} ports (${world} workers${ports > world ? ', two each with attention.window' : ''}) exceeds port 65535; use at most ${65535 - ports}`,
       });
     }
     if (spec.ring.heartbeatTimeoutMs <= spec.ring.heartbeatIntervalMs) {

@@ -19,6 +19,8 @@ export interface WorkerContext {
   localRank: number;
   spec: ClusterSpec;
   ring: Ring;
+  /** The same ranks linked the other way (each to its predecessor), opened when the spec has attention.window. */
+  reverse: Ring | null;
   peers: PeerEntry[];
   runDir: string;
   args: Record<string, unknown>;

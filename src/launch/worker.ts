@@ -35,13 +35,22 @@ export interface WorkerRole {
   curve?: CurveKeys;
 }
 
-function ipcPath(jobId: string, rank: number): string {
-  return `ipc:///tmp/ringattn-${jobId}-${rank}.sock`;
+function ipcPath(jobId: string, rank: number, reverse = false): string {
+  return `ipc:///tmp/ringattn-${jobId}-${rank}${reverse ? '-rev' : ''}.sock`;
 }
 
-function bindEndpoint(role: WorkerRole): string {
-  const port = new URL(role.endpoint.replace('tcp://', 'http://')).port;
-  const bindAddress = role.spec.ring.bindAddress ?? new URL(role.endpoint.replace('tcp://', 'http://')).hostname.replace(/^\[|\]$/g, '');
+/**
+ * The reverse ring's endpoint of a rank: its ring endpoint's port plus the
+ * world size (ring.basePort + 1 + worldSize + rank), on the same address.
+ */
+function reverseEndpoint(endpoint: string, worldSize: number): string {
+  const u = new URL(endpoint.replace('tcp://', 'http://'));
+  return `tcp://${u.hostname}:${Number(u.port) + worldSize}`;
+}
+
+function bindEndpoint(role: WorkerRole, endpoint = role.endpoint): string {
+  const port = new URL(endpoint.replace('tcp://', 'http://')).port;
+  const bindAddress = role.spec.ring.bindAddress ?? new URL(endpoint.replace('tcp://', 'http://')).hostname.replace(/^\[|\]$/g, '');
   return `tcp://${bindAddress.includes(':') ? `[${bindAddress}]` : bindAddress}:${port}`;
 }
 
@@ -88,6 +97,7 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
     dealer.curveSecretKey = role.curve.secretKey;
   }
   let ring: Ring | null = null;
+  let reverse: Ring | null = null;
   let finishing = false;
   const die = (why: string) => {
     if (finishing) return;
@@ -163,6 +173,33 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
       },
     });
     log.debug({ next: next.rank, prev: prev.rank }, 'ring open');
+    // Under a window the backward's dK/dV come back the way their blocks went: the ring the other way round.
+    if (spec.attention.window && n > 1) {
+      const sameHost = (to: PeerEntry) => to.host === role.host && spec.ring.transport !== 'tcp';
+      const revBinds = sameHost(next) ? [ipcPath(role.jobId, role.rank, true)] : [];
+      process.once('exit', () => {
+        for (const ep of revBinds) rmSync(ep.slice('ipc://'.length), { force: true });
+      });
+      reverse = await Ring.open({
+        rank: role.rank,
+        worldSize: n,
+        jobId: role.jobId,
+        bind: bindEndpoint(role, reverseEndpoint(role.endpoint, n)),
+        extraBinds: revBinds,
+        next: { ...prev, endpoint: sameHost(prev) ? ipcPath(role.jobId, prev.rank, true) : reverseEndpoint(prev.endpoint, n) },
+        prev: { ...next, endpoint: reverseEndpoint(next.endpoint, n) },
+        opTimeoutMs: spec.ring.opTimeoutMs,
+        connectTimeoutMs: spec.ring.connectTimeoutMs,
+        heartbeatIntervalMs: spec.ring.heartbeatIntervalMs,
+        heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs,
+        maxMessageBytes: spec.ring.maxMessageBytes,
+        maxQueuedBytes: spec.ring.maxQueuedBytes,
+        curve: role.curve,
+        onFailure: (err) => {
+          void send({ type: 'failed', message: err.message }).catch(() => undefined);
+        },
+      });
+    }
     const ctx: WorkerContext = {
       rank: role.rank,
       worldSize: n,
@@ -170,6 +207,7 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
       localRank: role.localRank,
       spec,
       ring,
+      reverse,
       peers,
       runDir: role.runDir,
       args: role.job.args,
@@ -184,6 +222,7 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
     };
     await job.worker(ctx);
     finishing = true;
+    await reverse?.close();
     await ring.close();
     await send({ type: 'done' });
     // Exiting as soon as `done` is queued could lose it; the coordinator's bye says it arrived.
@@ -193,6 +232,7 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
     log.error(message);
     await send({ type: 'failed', message, userError: err instanceof UserError }).catch(() => undefined);
     finishing = true;
+    await reverse?.close().catch(() => undefined);
     await ring?.close().catch(() => undefined);
     dealer.close();
     throw err;

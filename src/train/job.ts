@@ -14,7 +14,7 @@ import type { StepMetrics } from './metrics.js';
 import { Progress } from './progress.js';
 
 /** What the training loop needs from the ring: the gradient all-reduce and ring attention for this rank's shard. */
-export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKernel | null): TrainRing {
+export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKernel | null, reverse: Ring | null = null): TrainRing {
   const layout = resolveLayout(spec.attention);
   const stats = newRingStepStats();
   const sumInto = loadSumInto() ?? undefined;
@@ -33,6 +33,7 @@ export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKern
     attention: (positions, seqLen) =>
       ringAttentionOp({
         ring: spec.attention.scope === 'local' ? null : ring,
+        reverse: spec.attention.scope === 'local' ? null : reverse,
         kernel: kernel ?? undefined,
         causal: spec.attention.causal,
         window: spec.attention.window,
@@ -78,7 +79,7 @@ export const trainJob: JobDefinition = {
     const { engine, engineReason, kernel, kernelReason, threads } = await workerCompute(spec, ctx.rank);
     const attention = kernel ? `attention kernel ${kernel.name} (${kernelReason})` : `attention ${kernelReason}`;
     ctx.log.info({ engine: engine.name, kernel: kernel?.name ?? engine.name, threads }, `compute: engine ${engineReason}; ${attention}`);
-    const result = await train(trainRingOn(ring, spec, kernel), spec, {
+    const result = await train(trainRingOn(ring, spec, kernel, ctx.reverse), spec, {
       engine,
       runDir: ctx.runDir,
       resume: Boolean(ctx.args.resume),

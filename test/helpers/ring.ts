@@ -30,3 +30,30 @@ export async function openLocalRing(n: number, extra: Partial<RingOptions> = {})
 export async function closeAll(rings: Ring[]): Promise<void> {
   await Promise.all(rings.map((r) => r.close()));
 }
+
+/** N ring members and, over the same ranks, the ring the other way (each rank to its predecessor). */
+export async function openLocalRingPair(n: number, extra: Partial<RingOptions> = {}): Promise<{ forward: Ring[]; reverse: Ring[] }> {
+  const forward = await openLocalRing(n, extra);
+  const base = await freePortRange(n);
+  const jobId = randomBytes(8).toString('hex');
+  const peer = (r: number) => ({ rank: r, host: '127.0.0.1', endpoint: `tcp://127.0.0.1:${base + r}` });
+  const reverse = await Promise.all(
+    Array.from({ length: n }, (_, r) =>
+      Ring.open({
+        rank: r,
+        worldSize: n,
+        jobId,
+        bind: peer(r).endpoint,
+        next: peer((r + n - 1) % n),
+        prev: peer((r + 1) % n),
+        opTimeoutMs: 10000,
+        connectTimeoutMs: 10000,
+        heartbeatIntervalMs: 200,
+        heartbeatTimeoutMs: 1000,
+        maxMessageBytes: 1 << 30,
+        ...extra,
+      }),
+    ),
+  );
+  return { forward, reverse };
+}
