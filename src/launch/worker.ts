@@ -151,26 +151,30 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
       if (shmSend) rmSync(shmSend.path, { force: true });
     });
     const job = await loadJob(role.job.kind);
-    ring = await Ring.open({
+    // What both rings share: the job, the timeouts and limits, the keys, and how a failure is reported.
+    const links = {
       rank: role.rank,
       worldSize: n,
       jobId: role.jobId,
-      bind: binds[0],
-      extraBinds: ipcBinds,
-      next: { ...next, endpoint: linkEndpoint(role, next) },
-      prev,
       opTimeoutMs: spec.ring.opTimeoutMs,
       connectTimeoutMs: spec.ring.connectTimeoutMs,
       heartbeatIntervalMs: spec.ring.heartbeatIntervalMs,
       heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs,
       maxMessageBytes: spec.ring.maxMessageBytes,
       maxQueuedBytes: spec.ring.maxQueuedBytes,
-      shmSend,
-      shmRecv,
       curve: role.curve,
-      onFailure: (err) => {
+      onFailure: (err: Error) => {
         void send({ type: 'failed', message: err.message }).catch(() => undefined);
       },
+    };
+    ring = await Ring.open({
+      ...links,
+      bind: binds[0],
+      extraBinds: ipcBinds,
+      next: { ...next, endpoint: linkEndpoint(role, next) },
+      prev,
+      shmSend,
+      shmRecv,
     });
     log.debug({ next: next.rank, prev: prev.rank }, 'ring open');
     // Under a window the backward's dK/dV come back the way their blocks went: the ring the other way round.
@@ -181,23 +185,11 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
         for (const ep of revBinds) rmSync(ep.slice('ipc://'.length), { force: true });
       });
       reverse = await Ring.open({
-        rank: role.rank,
-        worldSize: n,
-        jobId: role.jobId,
+        ...links,
         bind: bindEndpoint(role, reverseEndpoint(role.endpoint, n)),
         extraBinds: revBinds,
         next: { ...prev, endpoint: sameHost(prev) ? ipcPath(role.jobId, prev.rank, true) : reverseEndpoint(prev.endpoint, n) },
         prev: { ...next, endpoint: reverseEndpoint(next.endpoint, n) },
-        opTimeoutMs: spec.ring.opTimeoutMs,
-        connectTimeoutMs: spec.ring.connectTimeoutMs,
-        heartbeatIntervalMs: spec.ring.heartbeatIntervalMs,
-        heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs,
-        maxMessageBytes: spec.ring.maxMessageBytes,
-        maxQueuedBytes: spec.ring.maxQueuedBytes,
-        curve: role.curve,
-        onFailure: (err) => {
-          void send({ type: 'failed', message: err.message }).catch(() => undefined);
-        },
       });
     }
     const ctx: WorkerContext = {
