@@ -1,6 +1,7 @@
 import { layoutQuantum, type Layout } from '../attention/layout.js';
 import { headDimOf, paramCount } from '../model/params.js';
 import type { ModelConfig } from '../model/types.js';
+import { SHM_MIN_BYTES } from '../ring/shm.js';
 import type { JobTerm } from './job.js';
 
 /**
@@ -54,8 +55,9 @@ export interface EngineJob {
   /**
    * Shared-memory channels a worker maps (src/ring/shm.ts), at most: one to a
    * same-host successor, one from a same-host predecessor; each ring.shmBytes.
-   * The channel is a ring buffer, so after a few steps every page has been
-   * touched and counts in the RSS of both ends. Absent: none.
+   * The channel is a ring buffer, so once KV blocks of SHM_MIN_BYTES or more
+   * travel, every page has been touched after a few steps and counts in the
+   * RSS of both ends. Absent: none.
    */
   shmChannels?: { count: number; bytes: number };
 }
@@ -95,6 +97,10 @@ export function engineTerms(job: EngineJob): JobTerm[] {
   const t = (name: string, floats: number, phase: JobTerm['phase'], count: string): JobTerm => ({ name, bytes: floats * F32, phase, count });
   // Buffers from engine.floats()/ints(): what the engine's memory cap counts.
   const e = (name: string, floats: number, count: string): JobTerm => ({ ...t(name, floats, 'always', count), engine: true });
+  // The channel's pages count in the RSS once written, and only blocks of SHM_MIN_BYTES or more are (K and V
+  // in float32; the all-reduce's segments are smaller). A ring buffer: after a few steps, every page.
+  const kvBlockBytes = 2 * kv * F32;
+  const shmTouched = kvBlockBytes >= SHM_MIN_BYTES;
   const terms: JobTerm[] = [
     { name: 'runtime', bytes: job.runtimeBytes, phase: 'always', count: 'node, engine, kernel and ZeroMQ before the model (ringattn doctor)' },
     e('parameters', P, `P = ${P} floats (engine)`),
@@ -118,9 +124,13 @@ export function engineTerms(job: EngineJob): JobTerm[] {
     { name: 'corpus', bytes: job.corpusBytes, phase: 'always', count: 'the training text, joined (text data only)' },
     {
       name: 'shmChannels',
-      bytes: (job.shmChannels?.count ?? 0) * (job.shmChannels?.bytes ?? 0),
+      bytes: shmTouched ? (job.shmChannels?.count ?? 0) * (job.shmChannels?.bytes ?? 0) : 0,
       phase: 'always',
-      count: job.shmChannels?.count ? `${job.shmChannels.count} shared-memory channel(s) of ring.shmBytes to same-host neighbours` : 'none (no same-host neighbour, or ring.transport tcp or ipc)',
+      count: !job.shmChannels?.count
+        ? 'none (no same-host neighbour, or ring.transport tcp or ipc)'
+        : shmTouched
+          ? `${job.shmChannels.count} shared-memory channel(s) of ring.shmBytes to same-host neighbours, every page touched by the KV blocks`
+          : `none: the KV blocks (${kvBlockBytes} bytes) stay under SHM_MIN_BYTES, so the channels' pages are never touched`,
     },
     // In place: what the all-reduce allocates is the segments it receives (a chunk per stage) and the copies
     // it sends in the all-gather (a chunk per stage), none reclaimed before the call returns.

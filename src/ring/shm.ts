@@ -15,6 +15,14 @@ import { loadAddon, loadShmNative } from '../engine/addon.js';
  * waits: null means no room now, and the caller sends the bytes on ZeroMQ.
  */
 
+/**
+ * Below this a message goes inline on ZeroMQ even to a same-host successor. The
+ * channel costs two copies and the receiver's fresh pages; measured on loopback
+ * (docs/benchmarks.md) that pays from 4 MiB blocks on and loses on the
+ * all-reduce's 1 MiB segments.
+ */
+export const SHM_MIN_BYTES = 2 << 20;
+
 /** Where a message lies: the receiver passes it back to `take` as it came. */
 export interface ShmDescriptor {
   /** First byte in the data area. */

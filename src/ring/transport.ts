@@ -1,7 +1,7 @@
 import * as zmq from 'zeromq';
 import { loadAddon } from '../engine/addon.js';
 import { byteLengthOf, decodeHeader, encodeHeader, tensorDType, FrameError, payloadFromFrame, type DType, type FrameHeader, type FramePart, type Payload, type Tensor } from './frame.js';
-import { ShmReader, ShmWriter, type ShmDescriptor } from './shm.js';
+import { SHM_MIN_BYTES, ShmReader, ShmWriter, type ShmDescriptor } from './shm.js';
 import { guardServer, type CurveKeys, type ServerGuard } from './zap.js';
 
 /**
@@ -638,13 +638,6 @@ export class Ring {
 /** Payload bytes per chunk of a large message. */
 export const CHUNK_BYTES = 4 << 20;
 
-/**
- * Below this a message goes inline on ZeroMQ even to a same-host successor. The
- * channel costs two copies and the receiver's fresh pages; measured on loopback
- * (docs/benchmarks.md) that pays from 4 MiB blocks on and loses on the
- * all-reduce's 1 MiB segments.
- */
-export const SHM_MIN_BYTES = 2 << 20;
 
 const bytesView = (t: Tensor): Uint8Array => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
 
