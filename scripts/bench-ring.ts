@@ -21,7 +21,7 @@ import * as zmq from 'zeromq';
 import { loadSumInto, loadWireNative } from '../src/engine/addon.js';
 import { allReduceSum, barrier, ringPass } from '../src/ring/collectives.js';
 import { Ring } from '../src/ring/transport.js';
-import { shmPath, ShmWriter } from '../src/ring/shm.js';
+import { shmPath } from '../src/ring/shm.js';
 import { fromWire, toWire, type WireFormat } from '../src/ring/wire.js';
 import { freePortRange } from '../test/helpers/ports.js';
 
@@ -86,7 +86,7 @@ async function child(role: { kind: string; index: number; port: number; bytes: n
   const ring = await Ring.open({
     rank: index, worldSize: n, jobId: role.jobId, bind: peer(index).endpoint, next: peer((index + 1) % n), prev: peer((index + n - 1) % n),
     opTimeoutMs: 60000, connectTimeoutMs: 10000, heartbeatIntervalMs: 500, heartbeatTimeoutMs: 3000, maxMessageBytes: 1 << 30,
-    shmSend: shm ? ShmWriter.create(shmPath(role.jobId, index), Math.max(128 * MiB, 2 * bytes + MiB)) : undefined,
+    shmSend: shm ? { path: shmPath(role.jobId, index), maxBytes: Math.max(128 * MiB, 2 * bytes + MiB), required: true } : undefined,
     shmRecv: shm ? shmPath(role.jobId, (index + n - 1) % n) : undefined,
   });
   await barrier(ring);

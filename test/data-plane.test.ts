@@ -10,7 +10,7 @@ import { loadKernel } from '../src/kernels/index.js';
 import type { AttentionKernel } from '../src/kernels/types.js';
 import * as zmq from 'zeromq';
 import { dtypeOf, encodeHeader, FrameError, type FrameHeader } from '../src/ring/frame.js';
-import { shmAvailable, shmPath, ShmWriter } from '../src/ring/shm.js';
+import { shmAvailable, shmPath } from '../src/ring/shm.js';
 import { CHUNK_BYTES, HIGH_WATER_MARK, Ring } from '../src/ring/transport.js';
 import { freePortRange } from './helpers/ports.js';
 import { loadWireNative } from '../src/engine/addon.js';
@@ -502,7 +502,7 @@ describe('the same-host shared-memory channel', () => {
         Ring.open({
           rank: r, worldSize: n, jobId, bind: ep(r), next: peer((r + 1) % n), prev: peer((r + n - 1) % n),
           opTimeoutMs: 10000, connectTimeoutMs: 10000, heartbeatIntervalMs: 200, heartbeatTimeoutMs: 2000, maxMessageBytes: 1 << 30,
-          shmSend: ShmWriter.create(shmPath(jobId, r), 6 << 20),
+          shmSend: { path: shmPath(jobId, r), maxBytes: 6 << 20, required: true },
           shmRecv: shmPath(jobId, (r + n - 1) % n),
         }),
       ),

@@ -298,8 +298,11 @@ test("our engine's terms on a tiny model, counted by hand", () => {
   assert.equal(bytesOf(terms, 'shmChannels'), 0, 'no channel unless the job has same-host neighbours');
   const shm = (seqLen: number) => engineTerms({ model, seqLen, worldSize: 2, layout: 'contiguous', threads: 1, runtimeBytes: 1000, corpusBytes: 77, shmChannels: { count: 2, bytes: 1 << 20 } });
   assert.equal(bytesOf(shm(8), 'shmChannels'), 0, 'KV blocks of 64 bytes never go through the channel: its pages are never touched');
-  // 2^18 tokens over 2 ranks, kvDim 2: K and V of 2^17 rows are 2 MiB, the channel's threshold.
+  // 2^18 tokens over 2 ranks, kvDim 2: K and V of 2^17 rows are 2 MiB, the channel's threshold; a channel is 4
+  // such blocks, at most ring.shmBytes (here 1 MiB).
   assert.equal(bytesOf(shm(1 << 18), 'shmChannels'), 2 << 20, 'a ring of two on one host: each worker maps its channel out and its predecessor\'s in');
+  const big = engineTerms({ model, seqLen: 1 << 18, worldSize: 2, layout: 'contiguous', threads: 1, runtimeBytes: 0, corpusBytes: 0, shmChannels: { count: 2, bytes: 128 << 20 } });
+  assert.equal(bytesOf(big, 'shmChannels'), 2 * 4 * (2 << 20), 'sized for four blocks when ring.shmBytes allows');
   // allReduceSum sums in place; it receives a chunk of 80 at each of its 2 stages and sends a copied one at its all-gather stage.
   assert.equal(bytesOf(terms, 'allReduce'), 3 * 80 * 4);
   const m = jobMemory(terms);

@@ -127,7 +127,11 @@ const RingSchema = z
       .describe(
         '`auto`: between two workers on the same host, large blocks through a shared-memory channel (ring.shmBytes in /dev/shm, where the native addon is built and the space can be reserved) and the rest on ipc; tcp between hosts. `ipc`: ipc only. `shm`: as auto, but an error where the channel cannot be had. `ipc` and `shm` need a single host.',
       ),
-    shmBytes: sizeSchema.prefault('128M').describe('Size of each same-host link\'s shared-memory channel (size), reserved in /dev/shm when the ring opens; a block larger than it, or arriving while it is full, goes on ipc.'),
+    shmBytes: sizeSchema
+      .prefault('128M')
+      .describe(
+        'Most bytes of each same-host link\'s shared-memory channel (size). The channel is made in /dev/shm at the first block of 2 MiB or more, sized for 4 of it up to this; a block larger than it, or arriving while it is full, goes on ipc.',
+      ),
     connectTimeoutMs: millis(10000, 'Longest wait for a connection to a peer'),
     rendezvousTimeoutMs: millis(30000, 'Longest wait for every worker to join the coordinator'),
     heartbeatIntervalMs: millis(500, 'Interval between ZeroMQ heartbeats'),

@@ -5,8 +5,8 @@ import * as zmq from 'zeromq';
 import { specHash, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
 import type { Payload } from '../ring/frame.js';
-import { shmAvailable, shmPath, ShmWriter } from '../ring/shm.js';
-import { Ring } from '../ring/transport.js';
+import { shmAvailable, shmPath } from '../ring/shm.js';
+import { Ring, type ShmChannelOptions } from '../ring/transport.js';
 import type { CurveKeys } from '../ring/zap.js';
 import { faultPointFromEnv } from './fault.js';
 import type { WorkerContext } from './job.js';
@@ -59,21 +59,17 @@ function bindEndpoint(role: WorkerRole, endpoint = role.endpoint): string {
  * one: `auto` does without (saying why) where the addon lacks it or /dev/shm
  * cannot hold it; `shm` makes that the user's error.
  */
-function openShmChannel(role: WorkerRole, next: PeerEntry, log: Logger): ShmWriter | undefined {
+function shmChannelFor(role: WorkerRole, next: PeerEntry, log: Logger): ShmChannelOptions | undefined {
   const t = role.spec.ring.transport;
   if (next.host !== role.host || role.worldSize < 2 || (t !== 'auto' && t !== 'shm')) return undefined;
-  const path = shmPath(role.jobId, role.rank);
-  try {
-    if (!shmAvailable()) throw new Error('the native addon is not built, or was built without native/shm.cc');
-    // A channel left by an earlier attempt of this job (killed before it could remove it) is ours to replace.
-    rmSync(path, { force: true });
-    return ShmWriter.create(path, role.spec.ring.shmBytes);
-  } catch (err) {
-    const why = (err as Error).message.replace(/^ringattn shm: /, '');
+  const warn = (why: string) => log.warn(`no shared-memory channel to rank ${next.rank} (${why}); its blocks go on ipc`);
+  if (!shmAvailable()) {
+    const why = 'the native addon is not built, or was built without native/shm.cc';
     if (t === 'shm') throw new UserError(`rank ${role.rank} (${role.host}): ring.transport shm: no shared-memory channel to rank ${next.rank}: ${why}`);
-    log.warn(`no shared-memory channel to rank ${next.rank} (${why}); its blocks go on ipc`);
+    warn(why);
     return undefined;
   }
+  return { path: shmPath(role.jobId, role.rank), maxBytes: role.spec.ring.shmBytes, required: t === 'shm', onUnavailable: warn };
 }
 
 /** ipc between two ranks on one host when the spec allows it, tcp otherwise. */
@@ -143,7 +139,7 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
     const prev = peers[(role.rank + n - 1) % n];
     const binds = [bindEndpoint(role)];
     const ipcBinds = prev.host === role.host && spec.ring.transport !== 'tcp' && n > 1 ? [ipcPath(role.jobId, role.rank)] : [];
-    const shmSend = openShmChannel(role, next, log);
+    const shmSend = shmChannelFor(role, next, log);
     const shmRecv = prev.host === role.host && n > 1 && (spec.ring.transport === 'auto' || spec.ring.transport === 'shm') ? shmPath(role.jobId, prev.rank) : undefined;
     // However this process ends (abort, lost launcher), its socket and channel files go with it.
     process.once('exit', () => {

@@ -1,7 +1,7 @@
 import { layoutQuantum, type Layout } from '../attention/layout.js';
 import { headDimOf, paramCount } from '../model/params.js';
 import type { ModelConfig } from '../model/types.js';
-import { SHM_MIN_BYTES } from '../ring/shm.js';
+import { SHM_BLOCKS, SHM_MIN_BYTES } from '../ring/shm.js';
 import type { JobTerm } from './job.js';
 
 /**
@@ -124,12 +124,12 @@ export function engineTerms(job: EngineJob): JobTerm[] {
     { name: 'corpus', bytes: job.corpusBytes, phase: 'always', count: 'the training text, joined (text data only)' },
     {
       name: 'shmChannels',
-      bytes: shmTouched ? (job.shmChannels?.count ?? 0) * (job.shmChannels?.bytes ?? 0) : 0,
+      bytes: shmTouched ? (job.shmChannels?.count ?? 0) * Math.min(job.shmChannels?.bytes ?? 0, SHM_BLOCKS * kvBlockBytes) : 0,
       phase: 'always',
       count: !job.shmChannels?.count
         ? 'none (no same-host neighbour, or ring.transport tcp or ipc)'
         : shmTouched
-          ? `${job.shmChannels.count} shared-memory channel(s) of ring.shmBytes to same-host neighbours, every page touched by the KV blocks`
+          ? `${job.shmChannels.count} shared-memory channel(s) to same-host neighbours, each ${SHM_BLOCKS} KV blocks (at most ring.shmBytes), every page touched`
           : `none: the KV blocks (${kvBlockBytes} bytes) stay under SHM_MIN_BYTES, so the channels' pages are never touched`,
     },
     // In place: what the all-reduce allocates is the segments it receives (a chunk per stage) and the copies

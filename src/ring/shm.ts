@@ -23,6 +23,9 @@ import { loadAddon, loadShmNative } from '../engine/addon.js';
  */
 export const SHM_MIN_BYTES = 2 << 20;
 
+/** Messages of the first large one a ring's channel is sized for: one being read, one being written, slack. */
+export const SHM_BLOCKS = 4;
+
 /** Where a message lies: the receiver passes it back to `take` as it came. */
 export interface ShmDescriptor {
   /** First byte in the data area. */

@@ -1,7 +1,8 @@
+import { rmSync } from 'node:fs';
 import * as zmq from 'zeromq';
 import { loadAddon } from '../engine/addon.js';
 import { byteLengthOf, decodeHeader, encodeHeader, tensorDType, FrameError, payloadFromFrame, type DType, type FrameHeader, type FramePart, type Payload, type Tensor } from './frame.js';
-import { SHM_MIN_BYTES, ShmReader, ShmWriter, type ShmDescriptor } from './shm.js';
+import { SHM_BLOCKS, SHM_MIN_BYTES, ShmReader, ShmWriter, type ShmDescriptor } from './shm.js';
 import { guardServer, type CurveKeys, type ServerGuard } from './zap.js';
 
 /**
@@ -62,16 +63,26 @@ export interface RingOptions {
   /** One key pair per job: a process without it can neither connect nor be connected to. */
   curve?: CurveKeys;
   /**
-   * A successor on this host: messages of SHM_MIN_BYTES and more go through
-   * this shared-memory channel (src/ring/shm.ts; the ring closes and unlinks
-   * it), ZeroMQ carrying only their descriptors; a message that does not fit
-   * it now goes on ZeroMQ.
+   * A successor on this host: messages of SHM_MIN_BYTES and more go through a
+   * shared-memory channel (src/ring/shm.ts), ZeroMQ carrying only their
+   * descriptors; a message that does not fit it now goes on ZeroMQ. The
+   * channel is made at the first such message, sized for SHM_BLOCKS of it (at
+   * most `maxBytes`): its pages count in both ends' RSS once written, so it is
+   * as large as the run's blocks need. The ring closes and unlinks it.
    */
-  shmSend?: ShmWriter;
+  shmSend?: ShmChannelOptions;
   /** A predecessor on this host: where its channel is, opened at its first such message. */
   shmRecv?: string;
   /** Called once when the ring fails (peer lost, protocol error); the job should stop. */
   onFailure?: (err: Error) => void;
+}
+
+export interface ShmChannelOptions {
+  path: string;
+  maxBytes: number;
+  /** No channel is the ring's failure (ring.transport shm), else a fallback to ZeroMQ, said once. */
+  required: boolean;
+  onUnavailable?: (why: string) => void;
 }
 
 export class RingError extends Error {
@@ -187,6 +198,8 @@ export class Ring {
   private leaving = false;
   private guard: ServerGuard = { release: () => undefined, lock: () => undefined };
   private shmOut: ShmWriter | null = null;
+  /** The channel could not be had: ZeroMQ carries everything. */
+  private shmOff = false;
   private shmIn: ShmReader | null = null;
 
   private constructor(opts: RingOptions) {
@@ -223,7 +236,6 @@ export class Ring {
     loadAddon();
     const ring = new Ring(opts);
     try {
-      ring.shmOut = opts.shmSend ?? null;
       ring.guard = await guardServer(ring.pull, opts.curve);
       for (const ep of [opts.bind, ...(opts.extraBinds ?? [])]) await ring.pull.bind(ep);
       ring.push.connect(opts.next.endpoint);
@@ -313,7 +325,8 @@ export class Ring {
       });
     // Sequence numbers are taken now, in call order; the frames go out in the same order,
     // which is the order the shared-memory channel's reader must take its messages in.
-    const inShm = this.shmOut && bytes >= SHM_MIN_BYTES ? this.shmOut.put(tensors.map(bytesView)) : null;
+    const channel = bytes >= SHM_MIN_BYTES ? this.shmChannel(bytes) : null;
+    const inShm = channel ? channel.put(tensors.map(bytesView)) : null;
     if (inShm) this.stats.messagesViaShm++;
     const messages: Array<Array<Buffer | Payload>> = inShm
       ? [[header('shm', tensors), Float64Array.of(inShm.offset, inShm.bytes, inShm.end)]]
@@ -422,6 +435,25 @@ export class Ring {
     this.pull.close();
     this.guard.release();
     this.closeShm();
+  }
+
+  /** The successor's channel, made at the first message that wants it. */
+  private shmChannel(bytes: number): ShmWriter | null {
+    const o = this.opts.shmSend;
+    if (!o || this.shmOff) return null;
+    if (this.shmOut) return this.shmOut;
+    try {
+      // A channel left by an earlier attempt of this job (killed before it could remove it) is ours to replace.
+      rmSync(o.path, { force: true });
+      this.shmOut = ShmWriter.create(o.path, Math.min(o.maxBytes, SHM_BLOCKS * bytes));
+      return this.shmOut;
+    } catch (err) {
+      const why = (err as Error).message.replace(/^ringattn shm: /, '');
+      if (o.required) throw new RingError(`rank ${this.rank}: ring.transport shm: no shared-memory channel to rank ${this.next.rank} (${this.next.host}): ${why}`);
+      this.shmOff = true;
+      o.onUnavailable?.(why);
+      return null;
+    }
   }
 
   private closeShm(): void {
