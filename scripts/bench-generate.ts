@@ -14,8 +14,7 @@ import path from 'node:path';
 import { parseSize, specFromObject } from '../src/config/index.js';
 import { runJob } from '../src/launch/launcher.js';
 import type { GenerateResult } from '../src/model/generate.js';
-import { initParams } from '../src/model/index.js';
-import { saveCheckpoint } from '../src/train/checkpoint.js';
+import { initCheckpoint } from '../test/helpers/checkpoint.js';
 import { freePortRange } from '../test/helpers/ports.js';
 
 const arg = (name: string, dflt: string) => {
@@ -32,9 +31,7 @@ async function main(): Promise<void> {
   const rows: Array<{ workers: number } & Omit<GenerateResult, 'tokens'>> = [];
   try {
     const base = specFromObject({ model, train: { seqLen }, runDir: tmp, hosts: [{ name: 'local', address: '127.0.0.1', slots: 1 }] }, 'bench:generate');
-    const params = initParams(base.model, 1);
-    const zeros = new Float32Array(params.flat.length);
-    const ckpt = saveCheckpoint(path.join(tmp, 'run'), { step: 1, params, opt: { m: zeros, v: zeros, step: 1 }, dataState: { step: 1, seed: 1 }, spec: base });
+    const ckpt = initCheckpoint(tmp, base, 1);
     // A prompt of the full length; the bytes do not matter to the timing.
     const prompt = Array.from({ length: seqLen }, (_, i) => (i * 131 + 7) % 256);
     let first: number[] | null = null;

@@ -8,8 +8,8 @@ import { createNativeEngine, nativeEngineUnavailable } from '../src/engine/nativ
 import { referenceKernel } from '../src/kernels/reference.js';
 import { createModel, generate, initParams, localAttention, sampleToken, type ModelConfig } from '../src/model/index.js';
 import { runJob } from '../src/launch/launcher.js';
-import { saveCheckpoint } from '../src/train/checkpoint.js';
 import { Rng } from '../src/tensor/random.js';
+import { initCheckpoint } from './helpers/checkpoint.js';
 import { freePortRange } from './helpers/ports.js';
 import { closeAll, openLocalRing } from './helpers/ring.js';
 
@@ -113,9 +113,7 @@ describe('a long prompt on a ring of worker processes', { skip }, () => {
     try {
       const seqLen = 32768;
       const base = specFromObject({ model: { dModel: 32, layers: 2, heads: 4, kvHeads: 2, ffnHidden: 64, ffnChunk: 256, initStd: 0.3 }, train: { seqLen }, runDir: tmp, hosts: [{ name: 'local', address: '127.0.0.1', slots: 1 }] }, 'test');
-      const p = initParams(base.model, 3);
-      const zeros = new Float32Array(p.flat.length);
-      const checkpoint = saveCheckpoint(path.join(tmp, 'run'), { step: 1, params: p, opt: { m: zeros, v: zeros, step: 1 }, dataState: { step: 1, seed: 1 }, spec: base });
+      const checkpoint = initCheckpoint(tmp, base, 3);
       const prompt = Array.from(promptOf(seqLen));
       const run = async (n: number) => {
         const spec = specFromObject({ ...base, ring: { ...base.ring, basePort: await freePortRange(n + 1) }, hosts: [{ name: 'local', address: '127.0.0.1', slots: n }] }, `${n} workers`);

@@ -484,8 +484,8 @@ class EngineRing {
   }
 
   /** The next block of a pass, into the device slot of step + 1; its payload goes on as it came. */
-  private async receive(incoming: Promise<Message>, step: number, owner: number, posted: number) {
-    const got = this.upload(await waitFor(this.cfg, 'wait kv', traced(this.cfg, 'kv', incoming, owner, posted)), (step + 1) % 2, this.cfg.positionsOf(owner).length);
+  private async receive(tag: 'kv' | 'bkv', incoming: Promise<Message>, step: number, owner: number, posted: number) {
+    const got = this.upload(await waitFor(this.cfg, 'wait kv', traced(this.cfg, tag, incoming, owner, posted)), (step + 1) % 2, this.cfg.positionsOf(owner).length);
     return { kv: { owner, k: got.k, v: got.v, seg: got.seg }, payload: Promise.resolve(got.payload) };
   }
 
@@ -513,7 +513,7 @@ class EngineRing {
         if (forward) sent ??= sendPass(cfg, op!, 'kv', await payload);
       }
       kv = null;
-      if (incoming) ({ kv, payload } = await this.receive(incoming, step, nextOwner, posted));
+      if (incoming) ({ kv, payload } = await this.receive('kv', incoming, step, nextOwner, posted));
       await sent;
     }
     op?.end();
@@ -566,7 +566,7 @@ class EngineRing {
         if (sent) sends.push(sent);
       }
       kv = null;
-      if (incoming) ({ kv, payload } = await this.receive(incoming, step, nextOwner, posted));
+      if (incoming) ({ kv, payload } = await this.receive('bkv', incoming, step, nextOwner, posted));
     }
     const home = await route.finish();
     await Promise.all(sends);

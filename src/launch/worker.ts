@@ -61,7 +61,7 @@ function bindEndpoint(role: WorkerRole, endpoint = role.endpoint): string {
  */
 function shmChannelFor(role: WorkerRole, next: PeerEntry, log: Logger): ShmChannelOptions | undefined {
   const t = role.spec.ring.transport;
-  if (next.host !== role.host || role.worldSize < 2 || (t !== 'auto' && t !== 'shm')) return undefined;
+  if (!shmLink(role, next)) return undefined;
   const warn = (why: string) => log.warn(`no shared-memory channel to rank ${next.rank} (${why}); its blocks go on ipc`);
   if (!shmAvailable()) {
     const why = 'the native addon is not built, or was built without native/shm.cc';
@@ -72,10 +72,21 @@ function shmChannelFor(role: WorkerRole, next: PeerEntry, log: Logger): ShmChann
   return { path: shmPath(role.jobId, role.rank), maxBytes: role.spec.ring.shmBytes, required: t === 'shm', onUnavailable: warn };
 }
 
-/** ipc between two ranks on one host when the spec allows it, tcp otherwise. */
-function linkEndpoint(role: WorkerRole, to: PeerEntry): string {
+/** A link to `to` within this host: ipc when the spec allows it (anything but tcp). */
+function ipcLink(role: WorkerRole, to: PeerEntry): boolean {
+  return to.host === role.host && role.spec.ring.transport !== 'tcp' && role.worldSize > 1;
+}
+
+/** A link to `to` within this host whose large blocks may go through a shared-memory channel. */
+function shmLink(role: WorkerRole, to: PeerEntry): boolean {
   const t = role.spec.ring.transport;
-  return to.host === role.host && t !== 'tcp' && role.worldSize > 1 ? ipcPath(role.jobId, to.rank) : to.endpoint;
+  return to.host === role.host && role.worldSize > 1 && (t === 'auto' || t === 'shm');
+}
+
+/** Where a rank connects to reach `to`: its ipc socket on this host, else its tcp endpoint (of the reverse ring's port range for `reverse`). */
+function linkEndpoint(role: WorkerRole, to: PeerEntry, reverse = false): string {
+  if (ipcLink(role, to)) return ipcPath(role.jobId, to.rank, reverse);
+  return reverse ? reverseEndpoint(to.endpoint, role.worldSize) : to.endpoint;
 }
 
 export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
@@ -138,12 +149,16 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
     const next = peers[(role.rank + 1) % n];
     const prev = peers[(role.rank + n - 1) % n];
     const binds = [bindEndpoint(role)];
-    const ipcBinds = prev.host === role.host && spec.ring.transport !== 'tcp' && n > 1 ? [ipcPath(role.jobId, role.rank)] : [];
+    // Under a window the backward's dK/dV come back the way their blocks went: the ring the other way round.
+    const withReverse = Boolean(spec.attention.window) && n > 1;
+    // A ring's ipc socket is for the peer that connects to it: the predecessor, or on the reverse ring the successor.
+    const ipcBinds = ipcLink(role, prev) ? [ipcPath(role.jobId, role.rank)] : [];
+    const revBinds = withReverse && ipcLink(role, next) ? [ipcPath(role.jobId, role.rank, true)] : [];
     const shmSend = shmChannelFor(role, next, log);
-    const shmRecv = prev.host === role.host && n > 1 && (spec.ring.transport === 'auto' || spec.ring.transport === 'shm') ? shmPath(role.jobId, prev.rank) : undefined;
+    const shmRecv = shmLink(role, prev) ? shmPath(role.jobId, prev.rank) : undefined;
     // However this process ends (abort, lost launcher), its socket and channel files go with it.
     process.once('exit', () => {
-      for (const ep of ipcBinds) rmSync(ep.slice('ipc://'.length), { force: true });
+      for (const ep of [...ipcBinds, ...revBinds]) rmSync(ep.slice('ipc://'.length), { force: true });
       if (shmSend) rmSync(shmSend.path, { force: true });
     });
     const job = await loadJob(role.job.kind);
@@ -173,18 +188,12 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
       shmRecv,
     });
     log.debug({ next: next.rank, prev: prev.rank }, 'ring open');
-    // Under a window the backward's dK/dV come back the way their blocks went: the ring the other way round.
-    if (spec.attention.window && n > 1) {
-      const sameHost = (to: PeerEntry) => to.host === role.host && spec.ring.transport !== 'tcp';
-      const revBinds = sameHost(next) ? [ipcPath(role.jobId, role.rank, true)] : [];
-      process.once('exit', () => {
-        for (const ep of revBinds) rmSync(ep.slice('ipc://'.length), { force: true });
-      });
+    if (withReverse) {
       reverse = await Ring.open({
         ...links,
         bind: bindEndpoint(role, reverseEndpoint(role.endpoint, n)),
         extraBinds: revBinds,
-        next: { ...prev, endpoint: sameHost(prev) ? ipcPath(role.jobId, prev.rank, true) : reverseEndpoint(prev.endpoint, n) },
+        next: { ...prev, endpoint: linkEndpoint(role, prev, true) },
         prev: { ...next, endpoint: reverseEndpoint(next.endpoint, n) },
       });
     }

@@ -65,8 +65,9 @@ export function sampleToken(logits: Float32Array, temperature: number, topK: num
   let best = 0;
   for (let i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
   if (temperature === 0) return best;
-  // Ties broken by id so the choice is deterministic.
-  let ids = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
+  let ids = Array.from({ length: V }, (_, i) => i);
+  // Only a cut needs the tokens by likelihood (ties broken by id, so the choice is deterministic).
+  if ((topK !== undefined && topK < V) || topP < 1) ids.sort((a, b) => logits[b] - logits[a] || a - b);
   if (topK !== undefined && topK < V) ids = ids.slice(0, Math.max(1, topK));
   const m = logits[best];
   let w = ids.map((i) => Math.exp((logits[i] - m) / temperature));

@@ -300,9 +300,14 @@ export class Ring {
     };
   }
 
+  /** A tag the op did not declare is this rank's own bug, found before anything travels. */
+  private checkTag(op: OpState, tag: string): void {
+    if (!op.tags!.has(tag)) throw new Error(`rank ${this.rank}: "${tag}" is not a tag of ${op.phase} (declared: ${[...op.tags!].join(', ')})`);
+  }
+
   private sendIn(op: OpState, tag: string, items: Sendable[]): Promise<void> {
     this.throwIfFailed();
-    if (!op.tags!.has(tag)) throw new Error(`rank ${this.rank}: "${tag}" is not a tag of ${op.phase} (declared: ${[...op.tags!].join(', ')})`);
+    this.checkTag(op, tag);
     const tensors = items.map(asTensor);
     for (const t of tensors) {
       // The receiver would drop the connection without a word: say it here.
@@ -358,7 +363,7 @@ export class Ring {
 
   private recvIn(op: OpState, tag: string, timeoutMs = this.opts.opTimeoutMs): Promise<Message> {
     this.throwIfFailed();
-    if (!op.tags!.has(tag)) throw new Error(`rank ${this.rank}: "${tag}" is not a tag of ${op.phase} (declared: ${[...op.tags!].join(', ')})`);
+    this.checkTag(op, tag);
     const queued = op.inbox.get(tag);
     if (queued && queued.length > 0) {
       const m = queued.shift()!;
