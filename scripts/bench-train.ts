@@ -18,8 +18,8 @@
  * cores, measured in the same run: numpy's 2048^3 matmul (OpenBLAS, with
  * OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for that command only), or the
  * engine's own SGEMM when numpy is absent (labelled). Model FLOPs =
- * 6·P·T + 6·L·H·d_head·T² under a causal mask (12·… without), P the parameter
- * count (a tied head counted once), T the tokens of one step.
+ * flopsPerToken (src/train/flops.ts) times the tokens of one step: 6·P per token
+ * plus 12·L·H·d_head per key attended (about T/2 keys under a causal mask).
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -29,7 +29,8 @@ import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { loadSpec, specFromObject, type ClusterSpec } from '../src/config/index.js';
 import { loadGemm } from '../src/engine/addon.js';
-import { headDimOf, paramCount } from '../src/model/index.js';
+import { paramCount } from '../src/model/index.js';
+import { flopsPerToken } from '../src/train/flops.js';
 import { cpuFlags } from '../src/bench/harness.js';
 import { numpyMatmulRate } from './numpy-gemm.js';
 
@@ -65,10 +66,7 @@ function specOf(name: string): ClusterSpec {
 }
 
 function modelFlops(spec: ClusterSpec): number {
-  const m = spec.model;
-  const T = spec.train.batch * spec.train.seqLen;
-  const attn = (spec.attention.causal ? 6 : 12) * m.layers * m.heads * headDimOf(m) * spec.train.seqLen * spec.train.seqLen * spec.train.batch;
-  return 6 * paramCount(m) * T + attn;
+  return flopsPerToken(spec.model, spec.train.seqLen, spec.attention) * spec.train.batch * spec.train.seqLen;
 }
 
 interface GemmCeiling {

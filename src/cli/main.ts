@@ -1,16 +1,20 @@
 import { existsSync, readFileSync } from 'node:fs';
+import path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { UserError } from '../errors.js';
 import { prepareAttn } from '../attention/attn-job.js';
 import { LAYOUTS, type Layout } from '../attention/layout.js';
 import { loadSpec, specFromObject, worldSize, type ClusterSpec } from '../config/index.js';
 import type { DoctorReport } from '../launch/doctor-job.js';
-import { runJob, runJobWithRestarts } from '../launch/launcher.js';
+import { defaultRunDir, runJob, runJobWithRestarts } from '../launch/launcher.js';
+import { ensurePrivateDir } from '../train/checkpoint.js';
+import type { ViewServer } from '../view/server.js';
 import type { ComputeBackend } from '../engine/index.js';
 import { writeMachineFile } from '../plan/presets.js';
 import { intFlag, resolveSpec, ringOptions, SET_OPTION, withSetting } from './common.js';
 import { benchCommand } from './bench.js';
 import { planCommand } from './plan.js';
+import { serveRun, viewCommand, viewOptions, type ViewFlags } from './view.js';
 import { workerCommand } from './worker.js';
 
 /** Ranks to show on the console, from `--ranks 0,2`. */
@@ -20,27 +24,48 @@ function parseRanks(s?: string): number[] | undefined {
 }
 
 function trainCommand(): Command {
-  return ringOptions(new Command('train').description('train a transformer whose sequences are sharded across the ring (default: the localhost ring of configs/localhost.yaml)'), { wire: true })
+  const cmd = ringOptions(new Command('train').description('train a transformer whose sequences are sharded across the ring (default: the localhost ring of configs/localhost.yaml)'), { wire: true })
     .option('--run-dir <dir>', 'run directory (default <runDir>/train-<timestamp>)')
     .option('--resume', 'continue the run in --run-dir from its latest valid checkpoint')
     .option('--ranks <list>', 'show only these ranks\' log lines, e.g. 0,2')
     .option('--quiet', 'no worker log lines on the console')
     .option('--max-restarts <k>', 'after a failure, restart the ring from the last valid checkpoint, up to k times', '0')
-    .action(async (opts: { config?: string; backend?: string; kernel?: string; runDir?: string; resume?: boolean; ranks?: string; quiet?: boolean; maxRestarts: string }) => {
+    .option('--view', 'serve the live dashboard while training (see --port)');
+  return viewOptions(cmd).action(
+    async (opts: { config?: string; backend?: string; kernel?: string; runDir?: string; resume?: boolean; ranks?: string; quiet?: boolean; maxRestarts: string; view?: boolean } & ViewFlags) => {
       if (opts.resume && !opts.runDir) throw new UserError('--resume needs --run-dir: the run to continue');
       const maxRestarts = intFlag(opts.maxRestarts, '--max-restarts', 0);
       const spec = resolveSpec(opts);
       process.stderr.write(`ringattn train: ${worldSize(spec)} worker(s) on ${spec.hosts.map((h) => `${h.name}x${h.slots}`).join(', ')}, ${spec.train.steps} steps of ${spec.train.seqLen} tokens\n`);
-      const { runDir, value, restarts } = await runJobWithRestarts(
-        spec,
-        { kind: 'train', args: { resume: !!opts.resume } },
-        { runDir: opts.runDir, quiet: opts.quiet, ranks: parseRanks(opts.ranks), maxRestarts, restartArgs: (args) => ({ ...args, resume: true }) },
-      );
+      const runDirWanted = path.resolve(opts.runDir ?? defaultRunDir(spec, 'train'));
+      let view: ViewServer | null = null;
+      if (opts.view) {
+        ensurePrivateDir(runDirWanted);
+        view = await serveRun(runDirWanted, opts);
+      }
+      let outcome: Awaited<ReturnType<typeof runJobWithRestarts>>;
+      try {
+        outcome = await runJobWithRestarts(
+          spec,
+          { kind: 'train', args: { resume: !!opts.resume } },
+          { runDir: runDirWanted, quiet: opts.quiet, ranks: parseRanks(opts.ranks), maxRestarts, restartArgs: (args) => ({ ...args, resume: true }) },
+        );
+      } finally {
+        if (view) {
+          // The run's end reaches open pages (they close their stream on it) before the server goes.
+          view.refresh();
+          await new Promise((r) => setTimeout(r, 300));
+          await view.close();
+          process.stderr.write(`dashboard stopped with the run; \`ringattn view ${runDirWanted}\` serves it again\n`);
+        }
+      }
+      const { runDir, value, restarts } = outcome;
       const r = value as { finalLoss: number; steps: number; evalLoss?: number };
       const again = restarts > 0 ? ` after ${restarts} restart${restarts === 1 ? '' : 's'}` : '';
       const evalNote = r.evalLoss !== undefined ? ` (eval ${r.evalLoss.toFixed(4)})` : '';
       process.stdout.write(`trained ${r.steps} steps${again}, final loss ${r.finalLoss.toFixed(4)}${evalNote}; run directory ${runDir}\n`);
-    });
+    },
+  );
 }
 
 function attnCommand(): Command {
@@ -269,6 +294,7 @@ export function buildProgram(): Command {
   program.addCommand(doctorCommand());
   program.addCommand(generateCommand());
   program.addCommand(evalCommand());
+  program.addCommand(viewCommand());
   program.addCommand(workerCommand(), { hidden: true });
   for (const c of program.commands) c.exitOverride();
   return program;

@@ -203,6 +203,33 @@ export async function tunedTiles(q: TileQuery, opts: { path?: string; fresh?: bo
 const MC_CANDIDATES: Record<string, number[]> = { avx512: [84, 168, 336], avx2: [72, 144, 288], portable: [48, 96, 192] };
 const KC_CANDIDATES = [256, 384, 512];
 
+/** The shapes GEMM tuning times: a projection over a shard, an FFN chunk, a weight gradient (m, n, k, transA, transB). */
+const GEMM_SHAPES = [
+  [2048, 256, 256, false, false],
+  [256, 1024, 256, false, false],
+  [256, 256, 2048, true, false],
+] as const;
+
+function gemmKey(threads: number, isa: string): string {
+  return `${cpuKey()} | ${isa} | ${threads} thread(s) | gemm`;
+}
+
+/**
+ * The SGEMM rate (GFLOP/s) this machine reached on `threads` threads with its
+ * best blocking, from the tuning file's evidence; null before any tuning. The
+ * dashboard's MFU divides by it: a rate measured here, not a datasheet's.
+ */
+export function measuredGemmGflops(threads: number, opts: { path?: string } = {}): number | null {
+  const { gemm: addon } = loadGemm();
+  if (!addon) return null;
+  const isa = process.env.RINGATTN_NATIVE_ISA ?? addon.gemmIsas()[0];
+  const entry = readFile(opts.path ?? tuningFilePath()).entries[gemmKey(threads, isa)];
+  const ms = entry ? Math.min(...Object.values(entry.timings)) : NaN;
+  if (!(ms > 0)) return null;
+  const flops = GEMM_SHAPES.reduce((a, [m, n, k]) => a + 2 * m * n * k, 0);
+  return flops / (ms / 1000) / 1e9;
+}
+
 /**
  * SGEMM cache blocking for this machine: the shapes a training step runs most
  * (a projection over a shard, an FFN chunk, a weight gradient) timed for each
@@ -212,15 +239,11 @@ export async function tunedGemm(q: { threads: number; isa?: string }, opts: { pa
   const { gemm: addon, reason } = loadGemm();
   if (!addon) throw new Error(reason);
   const isa = q.isa ?? process.env.RINGATTN_NATIVE_ISA ?? addon.gemmIsas()[0];
-  const key = `${cpuKey()} | ${isa} | ${q.threads} thread(s) | gemm`;
+  const key = gemmKey(q.threads, isa);
   return cached(
     key,
     async () => {
-      const shapes = [
-        [2048, 256, 256, false, false],
-        [256, 1024, 256, false, false],
-        [256, 256, 2048, true, false],
-      ] as const;
+      const shapes = GEMM_SHAPES;
       const bufs = shapes.map(([m, n, k]) => ({ a: new Float32Array(m * k).fill(0.25), b: new Float32Array(k * n).fill(0.5), c: new Float32Array(m * n) }));
       const candidates: GemmBlocking[] = [];
       for (const mc of MC_CANDIDATES[isa] ?? MC_CANDIDATES.portable) for (const kc of KC_CANDIDATES) candidates.push({ mc, kc, nc: 4096 });

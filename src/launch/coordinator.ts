@@ -41,6 +41,18 @@ export interface WorkerFailure {
 
 type Pending = { value: unknown; blobs: Payload[] };
 
+/** What the coordinator knows of a rank: for ring.json and the dashboard's ring health. */
+export interface RankStatus {
+  rank: number;
+  host: string;
+  pid?: number;
+  /** Wall-clock ms of the rank's last control message (heartbeat, result, hello); undefined before its hello. */
+  lastSeen?: number;
+  state: 'starting' | 'running' | 'done' | 'lost';
+  /** What its job said it runs on (engine, threads, measured GEMM rate, ...). */
+  info: Record<string, unknown>;
+}
+
 export class Coordinator {
   readonly opts: CoordinatorOptions;
   /** Process id of each rank as it reported in its hello. */
@@ -51,6 +63,8 @@ export class Coordinator {
   private readonly results = new Map<string, Pending[]>();
   private readonly resultWaiters = new Map<string, Array<(p: Pending) => void>>();
   private readonly done = new Set<number>();
+  private readonly lastSeen = new Map<number, number>();
+  private readonly info = new Map<number, Record<string, unknown>>();
   private onChange: () => void = () => undefined;
   private closed = false;
   /** Sends one at a time: zeromq.js allows one pending send per socket, and a mandatory ROUTER can block. */
@@ -187,6 +201,18 @@ export class Coordinator {
     }
   }
 
+  /** Every rank's liveness and job info, by rank. */
+  status(): RankStatus[] {
+    return Array.from({ length: this.opts.worldSize }, (_, rank) => ({
+      rank,
+      host: this.opts.hostOf(rank),
+      pid: this.pids.get(rank),
+      lastSeen: this.lastSeen.get(rank),
+      state: this.done.has(rank) ? 'done' : this.lost.has(rank) ? 'lost' : this.hellos.has(rank) ? 'running' : 'starting',
+      info: this.info.get(rank) ?? {},
+    }));
+  }
+
   hasFinished(rank: number): boolean {
     return this.done.has(rank);
   }
@@ -242,11 +268,15 @@ export class Coordinator {
       }
       this.hellos.set(rank, msg);
       this.identities.set(rank, id);
+      this.lastSeen.set(rank, Date.now());
       this.pids.set(rank, msg.pid);
       return;
     }
     if (!this.identities.get(rank)?.equals(id)) throw new Error('message from an unknown peer');
-    if (msg.type === 'result') {
+    this.lastSeen.set(rank, Date.now());
+    if (msg.type === 'status') {
+      if (msg.info && typeof msg.info === 'object') this.info.set(rank, { ...this.info.get(rank), ...msg.info });
+    } else if (msg.type === 'result') {
       const key = `${rank}/${msg.name}`;
       const waiting = this.resultWaiters.get(key);
       if (waiting?.length) waiting.shift()!({ value: msg.value, blobs });

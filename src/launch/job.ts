@@ -29,6 +29,8 @@ export interface WorkerContext {
   input(name: string): Promise<{ value: unknown; blobs: Payload[] }>;
   /** Sends a named result to the driver. */
   result(name: string, value: unknown, blobs?: Payload[]): Promise<void>;
+  /** Tells the launcher what this rank runs on (merged into the run's ring.json, shown by `ringattn view`). */
+  status(info: Record<string, unknown>): Promise<void>;
   /** The RINGATTN_FAULT testing hook when it names this rank (see fault.ts); jobs call it at their phases. */
   fault?: FaultPoint;
 }

@@ -10,6 +10,7 @@ import { ADAPTERS_ENV } from '../engine/webgpu/device.js';
 import { UserError } from '../errors.js';
 import type { CurveKeys } from '../ring/zap.js';
 import { Coordinator, type WorkerFailure } from './coordinator.js';
+import { RING_FILE, ringHealth, writeRingHealth, type RingHealth } from './ring-health.js';
 import type { DriverContext } from './job.js';
 import { loadJob } from './jobs.js';
 import type { WorkerRole } from './worker.js';
@@ -222,6 +223,20 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
     throw new LaunchError(`cannot start the coordinator on ${coordinatorEndpoint}: ${err.message} (is ring.basePort ${spec.ring.basePort} free?)`);
   });
 
+  // ring.json: the ranks' liveness for `ringattn view`, while the job runs and as it ended.
+  const healthJob = { job: job.kind, attempt, started: new Date().toISOString(), heartbeatIntervalMs: spec.ring.heartbeatIntervalMs, heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs };
+  const writeHealth = (state: RingHealth['state'], failure?: string) => {
+    try {
+      writeRingHealth(runDir, ringHealth({ ...healthJob, state, ...(failure !== undefined ? { failure } : {}) }, coordinator.status()));
+    } catch (err) {
+      print(`[launcher] cannot write ${path.join(runDir, RING_FILE)}: ${(err as Error).message}`);
+    }
+  };
+  writeHealth('running');
+  const healthTimer = setInterval(() => writeHealth('running'), spec.ring.heartbeatIntervalMs);
+  healthTimer.unref();
+  let ended: { state: RingHealth['state']; failure?: string } = { state: 'failed', failure: 'the launcher stopped' };
+
   const failures: Array<WorkerFailure & { died: boolean }> = [];
   let failed: (() => void) | null = null;
   const failedP = new Promise<void>((resolve) => (failed = resolve));
@@ -338,6 +353,7 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
       for (const p of procs) p.child.stdin?.end();
       await waitUntil(() => procs.every((p) => p.exited), GRACE_MS);
       if (procs.some((p) => !p.exited)) await stopAll();
+      ended = { state: 'finished' };
       return { runDir, value: outcome.value };
     }
     await new Promise((r) => setTimeout(r, SETTLE_MS));
@@ -351,17 +367,21 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
       retryable: root.rank !== -1 && !root.userError,
     });
   } catch (err) {
+    ended = { state: 'failed', failure: (err as Error).message.split('\n')[0] };
     if (!(err instanceof LaunchError)) {
       await stopAll();
       throw new LaunchError(`job ${job.kind} failed: ${(err as Error).message}\n  logs: ${path.join(runDir, 'logs')}`);
     }
     throw err;
   } finally {
+    clearInterval(healthTimer);
+    writeHealth(ended.state, ended.failure);
     cleanup();
   }
 }
 
-function defaultRunDir(spec: ClusterSpec, kind: string): string {
+/** `<spec.runDir>/<kind>-<timestamp>`: where a job writes unless told. */
+export function defaultRunDir(spec: ClusterSpec, kind: string): string {
   return path.join(spec.runDir, `${kind}-${timestamp()}`);
 }
 

@@ -5,7 +5,7 @@
  */
 import type { Payload } from '../ring/frame.js';
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
 /** Largest control message accepted: a stray client cannot make the coordinator buffer more. */
 export const MAX_CONTROL_BYTES = 1 << 30;
 
@@ -20,6 +20,12 @@ export type WorkerMessage =
   | { type: 'hello'; rank: number; host: string; endpoint: string; protocol: number; specHash: string; pid: number; node: string }
   | { type: 'result'; rank: number; name: string; value: unknown }
   | { type: 'done'; rank: number }
+  /**
+   * A heartbeat the coordinator can see (every ring.heartbeatIntervalMs, from the
+   * worker's event loop, so a rank stuck in a long synchronous compute beats late),
+   * or a job's note of what the rank runs on (`info`, merged into ring.json).
+   */
+  | { type: 'status'; rank: number; info?: Record<string, unknown> }
   /** userError: the rank's own input or set-up was wrong (exit 2, no restart), not the ring. */
   | { type: 'failed'; rank: number; message: string; userError?: boolean };
 

@@ -135,13 +135,25 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
     }
   })().catch((err) => die(`coordinator link failed: ${(err as Error).message}`));
 
-  const send = async (msg: object, blobs: Payload[] = []) => {
+  // zeromq.js takes one send at a time per socket: results, failures and heartbeats queue here.
+  let sendChain: Promise<void> = Promise.resolve();
+  const send = (msg: object, blobs: Payload[] = []): Promise<void> => {
     const frames = encodeControl({ ...msg, rank: role.rank }, blobs);
     // The coordinator would drop the connection without a word: say it here.
     const big = frames.find((f) => f.byteLength > MAX_CONTROL_BYTES);
-    if (big) throw new Error(`a control message part of ${big.byteLength} bytes exceeds the coordinator's limit of ${MAX_CONTROL_BYTES} bytes`);
-    await dealer.send(frames);
+    if (big) return Promise.reject(new Error(`a control message part of ${big.byteLength} bytes exceeds the coordinator's limit of ${MAX_CONTROL_BYTES} bytes`));
+    const p = sendChain.then(() => dealer.send(frames));
+    sendChain = p.catch(() => undefined);
+    return p;
   };
+  let beating = false;
+  const beat = setInterval(() => {
+    // One beat in flight at most: a coordinator that is slow to read must not queue a backlog of them.
+    if (beating || finishing) return;
+    beating = true;
+    void send({ type: 'status' }).catch(() => undefined).finally(() => (beating = false));
+  }, spec.ring.heartbeatIntervalMs);
+  beat.unref();
   try {
     await send({ type: 'hello', host: role.host, endpoint: role.endpoint, protocol: PROTOCOL_VERSION, specHash: specHash(spec), pid: process.pid, node: process.version });
     const peers = await withTimeout(peersP, spec.ring.rendezvousTimeoutMs, `rank ${role.rank}: no peer table from the coordinator at ${role.coordinator}`);
@@ -215,10 +227,12 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
         return new Promise((resolve) => inputWaiters.set(name, [...(inputWaiters.get(name) ?? []), resolve]));
       },
       result: (name, value, blobs = []) => send({ type: 'result', name, value }, blobs),
+      status: (info) => send({ type: 'status', info }),
       fault: faultPointFromEnv(role.rank, log),
     };
     await job.worker(ctx);
     finishing = true;
+    clearInterval(beat);
     await reverse?.close();
     await ring.close();
     await send({ type: 'done' });
@@ -229,6 +243,7 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
     log.error(message);
     await send({ type: 'failed', message, userError: err instanceof UserError }).catch(() => undefined);
     finishing = true;
+    clearInterval(beat);
     await reverse?.close().catch(() => undefined);
     await ring?.close().catch(() => undefined);
     dealer.close();

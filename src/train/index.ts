@@ -45,7 +45,7 @@ export {
   type LoadedCheckpoint,
   type SaveOptions,
 } from './checkpoint.js';
-export { METRICS_FILE, MetricsLog, readMetrics, type StepMetrics } from './metrics.js';
+export { METRICS_FILE, RANKS_FILE, StepLog, metricsLog, rankStepRecord, readMetrics, readStepLog, type RankStepRecord, type StepMetrics } from './metrics.js';
 export { CHART_FILE, niceTicks, renderLossChart, writeLossChart, type ChartOptions, type LossPoint } from './chart.js';
 export { Progress, formatDuration, type ProgressOptions, type ProgressStream, type ProgressUpdate } from './progress.js';
 export { SPEC_FILE, resolveLayout, train, type TrainOptions, type TrainResult, type TrainRing } from './loop.js';

@@ -1,5 +1,5 @@
 import { loadSumInto } from '../engine/addon.js';
-import { loadTunedKernel } from '../engine/tuning.js';
+import { loadTunedKernel, measuredGemmGflops } from '../engine/tuning.js';
 import { shardPositions } from '../attention/layout.js';
 import { newRingStepStats, ringAttentionOp } from '../attention/ring-attention.js';
 import { slotGpu, workerThreads, type ClusterSpec } from '../config/index.js';
@@ -10,7 +10,7 @@ import type { JobDefinition } from '../launch/job.js';
 import { allReduceSum } from '../ring/collectives.js';
 import { selectBackend, tfjsWant } from '../tensor/backend.js';
 import { resolveLayout, train, type TrainResult, type TrainRing } from './loop.js';
-import type { StepMetrics } from './metrics.js';
+import { RANKS_FILE, rankStepRecord, StepLog, type RankStepRecord, type StepMetrics } from './metrics.js';
 import { Progress } from './progress.js';
 
 /** What the training loop needs from the ring: the gradient all-reduce and ring attention for this rank's shard. */
@@ -68,9 +68,13 @@ export async function workerCompute(spec: ClusterSpec, rank: number): Promise<Wo
   return { engine, engineReason, kernel, kernelReason: reason, threads };
 }
 
+/** What every rank sends the driver after each update: its step metrics and its resident memory. */
+type RankStepReport = StepMetrics & { rssBytes: number };
+
 /**
  * `ringattn train` on the ring: every rank trains on its layout shard of each
- * sequence; rank 0 streams step metrics to the launcher, which draws progress.
+ * sequence and reports each update's timings to the launcher, which draws
+ * progress from rank 0's and files every rank's in ranks.jsonl.
  */
 export const trainJob: JobDefinition = {
   kind: 'train',
@@ -79,6 +83,11 @@ export const trainJob: JobDefinition = {
     const { engine, engineReason, kernel, kernelReason, threads } = await workerCompute(spec, ctx.rank);
     const attention = kernel ? `attention kernel ${kernel.name} (${kernelReason})` : `attention ${kernelReason}`;
     ctx.log.info({ engine: engine.name, kernel: kernel?.name ?? engine.name, threads }, `compute: engine ${engineReason}; ${attention}`);
+    // The dashboard's MFU divides by this host's measured SGEMM rate: only for an engine that computes on these cores.
+    const onCpu = engine.name === 'native' || /^tfjs (wasm|cpu|tensorflow)$/.test(engine.description);
+    const gemmGflops = onCpu ? measuredGemmGflops(threads) : null;
+    let reports = 0;
+    await ctx.status({ engine: engine.description, kernel: kernel?.name ?? engine.name, threads, ...(gemmGflops !== null ? { gemmGflops } : {}) });
     const result = await train(trainRingOn(ring, spec, kernel, ctx.reverse), spec, {
       engine,
       runDir: ctx.runDir,
@@ -91,27 +100,40 @@ export const trainJob: JobDefinition = {
       },
       progress: false,
       fault: ctx.fault,
-      onStep: ctx.rank === 0 ? (m) => void ctx.result('step', m) : undefined,
+      // Every rank reports its own timings: the driver files them per rank (ranks.jsonl).
+      onStep: (m) => {
+        reports++;
+        void ctx.result('step', { ...m, rssBytes: process.memoryUsage.rss() } satisfies RankStepReport).catch(() => undefined);
+      },
     });
+    // After its reports on the same link: once the driver has the count, it has every report it waits for.
+    await ctx.result('trained', { reports });
     if (ctx.rank === 0) await ctx.result('final', result);
   },
   async driver(ctx) {
     const progress = new Progress({ total: ctx.spec.train.steps, logEvery: ctx.spec.train.logEvery, stream: process.stderr });
-    let finished = false;
-    const final = ctx.result(0, 'final').then((r) => {
-      finished = true;
-      return r.value as TrainResult;
-    });
-    // Steps arrive until the final result; each one redraws the progress line.
-    // One reaction on `final` for the whole run, not one per step.
-    const ended = final.then(() => null);
-    while (!finished) {
-      const next = await Promise.race([ctx.result(0, 'step'), ended]);
-      if (!next) break;
-      const m = next.value as StepMetrics;
-      progress.update({ step: m.step, loss: m.loss, evalLoss: m.evalLoss, tokensPerSec: m.tokensPerSec, lr: m.lr });
-    }
+    const ranks = new StepLog<RankStepRecord>(ctx.runDir, RANKS_FILE);
+    let truncated = false;
+    // One reader per rank: each rank's reports arrive in its order, the ranks' interleaved.
+    const readRank = async (rank: number): Promise<void> => {
+      let expected = Infinity;
+      const trained = ctx.result(rank, 'trained').then((r) => void (expected = (r.value as { reports: number }).reports));
+      for (let got = 0; got < expected; got++) {
+        const pending = ctx.result(rank, 'step');
+        const first = await Promise.race([pending, trained.then(() => null)]);
+        if (first === null && got >= expected) break;
+        const m = (first ?? (await pending)).value as RankStepReport;
+        // The first report of this attempt starts its steps: a restart's records replace the failed attempt's.
+        if (!truncated) {
+          ranks.truncateAfter(m.step - 1);
+          truncated = true;
+        }
+        ranks.append(rankStepRecord(m, rank, m.rssBytes));
+        if (rank === 0) progress.update({ step: m.step, loss: m.loss, evalLoss: m.evalLoss, tokensPerSec: m.tokensPerSec, lr: m.lr });
+      }
+    };
+    const [final] = await Promise.all([ctx.result(0, 'final'), ...Array.from({ length: ctx.worldSize }, (_, r) => readRank(r))]);
     progress.done();
-    return final;
+    return final.value as TrainResult;
   },
 };

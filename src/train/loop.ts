@@ -9,7 +9,7 @@ import { CHART_FILE, writeLossChart, type LossPoint } from './chart.js';
 import { ensurePrivateDir, latestCheckpoint, listCheckpoints, saveCheckpoint, writeFileAtomic, type LoadedCheckpoint } from './checkpoint.js';
 import type { Corpus } from './corpus.js';
 import { corpusFor, countTargets, createDataSource, shardOf, type DataSource, type DataState, type Window } from './data.js';
-import { MetricsLog, type StepMetrics } from './metrics.js';
+import { metricsLog, type StepMetrics } from './metrics.js';
 import { adamwUpdate, clipScale, type AdamWState, type OptimizerBuffers } from './optimizer.js';
 import { Progress, type ProgressStream } from './progress.js';
 import { learningRate } from './schedule.js';
@@ -316,7 +316,7 @@ export async function train(ring: TrainRing, spec: ClusterSpec, opts: TrainOptio
   // Not bound to a name: the initial values need not stay alive for the whole run.
   engine.write(model.params, initParams(cfg, t.seed).flat);
   await engine.flush();
-  const metrics = new MetricsLog(opts.runDir);
+  const metrics = metricsLog(opts.runDir);
   const chartPath = join(opts.runDir, CHART_FILE);
   const chartEvery = Math.max(1, opts.chartEvery ?? 10);
   const evalCount = t.evalBatches * t.batch;

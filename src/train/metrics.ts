@@ -45,14 +45,54 @@ export interface StepMetrics {
 
 export const METRICS_FILE = 'metrics.jsonl';
 
-/** Appends to `<runDir>/metrics.jsonl`: one JSON object per line, written as soon as the step ends. */
-export class MetricsLog {
+/**
+ * One line of ranks.jsonl: one rank's own update, as that rank timed it. The
+ * launcher writes it from every rank's step report, so the dashboard can stack
+ * each rank's time (attention + other compute + ring wait + all-reduce = stepMs)
+ * and see which rank the others wait for.
+ */
+export interface RankStepRecord {
+  step: number;
+  rank: number;
+  stepMs: number;
+  /** The attention kernel's time on this rank. */
+  attentionMs: number;
+  /** Everything else this rank computed: the model outside attention, the optimizer, evaluation. */
+  otherComputeMs: number;
+  /** Ring attention waiting for KV blocks (and dK/dV) from its neighbours. */
+  ringWaitMs: number;
+  /** The all-reduces of the update: mostly waiting for the slowest rank to arrive. */
+  allReduceMs: number;
+  /** This rank's resident memory after the update. */
+  rssBytes: number;
+  time: string;
+}
+
+export const RANKS_FILE = 'ranks.jsonl';
+
+/** The record for ranks.jsonl of one rank's step metrics: the parts add up to stepMs. */
+export function rankStepRecord(m: StepMetrics, rank: number, rssBytes: number): RankStepRecord {
+  return {
+    step: m.step,
+    rank,
+    stepMs: m.stepMs,
+    attentionMs: m.attnComputeMs,
+    otherComputeMs: Math.max(0, m.computeMs - m.attnComputeMs),
+    ringWaitMs: m.waitMs,
+    allReduceMs: m.commMs,
+    rssBytes,
+    time: m.time,
+  };
+}
+
+/** Appends to a step-keyed JSON-lines file of the run directory: one object per line, written as soon as the step ends. */
+export class StepLog<T extends { step: number }> {
   readonly path: string;
-  constructor(runDir: string) {
-    this.path = join(runDir, METRICS_FILE);
+  constructor(runDir: string, file: string) {
+    this.path = join(runDir, file);
   }
 
-  append(m: StepMetrics | Record<string, unknown>): void {
+  append(m: T): void {
     appendFileSync(this.path, JSON.stringify(m) + '\n', { mode: 0o600 });
   }
 
@@ -62,26 +102,37 @@ export class MetricsLog {
    */
   truncateAfter(step: number): void {
     if (!existsSync(this.path)) return;
-    const kept = readMetrics(this.path).filter((r) => r.step <= step);
+    const kept = readStepLog<T>(this.path).filter((r) => r.step <= step);
     writeFileAtomic(this.path, kept.map((r) => JSON.stringify(r) + '\n').join(''));
   }
 
-  read(): StepMetrics[] {
-    return existsSync(this.path) ? readMetrics(this.path) : [];
+  read(): T[] {
+    return existsSync(this.path) ? readStepLog<T>(this.path) : [];
   }
 }
 
-/** Parses a metrics.jsonl; a torn last line (a crash mid-append) is ignored. */
-export function readMetrics(path: string): StepMetrics[] {
-  const out: StepMetrics[] = [];
-  for (const line of readFileSync(path, 'utf8').split('\n')) {
+/** rank 0's metrics.jsonl of a run directory. */
+export const metricsLog = (runDir: string) => new StepLog<StepMetrics>(runDir, METRICS_FILE);
+
+/** Parses a step-keyed JSON-lines file; a torn last line (a crash mid-append) is ignored. */
+export function readStepLog<T extends { step: number } = StepMetrics>(path: string): T[] {
+  return parseStepLines<T>(readFileSync(path, 'utf8'));
+}
+
+/** The records of JSON lines with a numeric step; lines that are not (torn, foreign) are skipped. */
+export function parseStepLines<T extends { step: number }>(text: string): T[] {
+  const out: T[] = [];
+  for (const line of text.split('\n')) {
     if (line.trim() === '') continue;
     try {
-      const r = JSON.parse(line) as StepMetrics;
-      if (typeof r.step === 'number') out.push(r);
+      const r = JSON.parse(line) as T;
+      if (r !== null && typeof r.step === 'number') out.push(r);
     } catch {
       // A partial line from an interrupted write carries no usable record.
     }
   }
   return out;
 }
+
+/** metrics.jsonl's records. */
+export const readMetrics = (path: string): StepMetrics[] => readStepLog<StepMetrics>(path);
