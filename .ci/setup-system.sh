@@ -51,6 +51,12 @@ mkdir -p /run/sshd
 chmod 0755 /run/sshd
 # --- end netns and ssh tests --------------------------------------------------
 
+# --- dashboard browser test (test/view-browser.test.ts) -------------------------
+# Debian's chromium, driven headless by playwright-core (a dev dependency that
+# downloads no browser of its own).
+apt_install chromium:chromium
+# --- end dashboard browser test -------------------------------------------------
+
 # --- webgpu tests (test/webgpu-*.test.ts, the webgpu CLI runs) ----------------
 # A software Vulkan driver for Dawn: bookworm's Mesa 22 lavapipe lacks what Dawn
 # requires (shaderUniform*ArrayDynamicIndexing); 25.0.x from bookworm-backports

@@ -164,6 +164,10 @@ describe('fault matrix', () => {
       assert.match(r.stderr, new RegExp(`ringattn: job train failed: rank ${c.rank} \\(local\\) was killed by SIGKILL\\n  last log lines of rank ${c.rank}:[\\s\\S]*RINGATTN_FAULT: SIGKILL to myself in ${c.phase} of step ${c.step}`));
       const detectMs = detectedAt(r) - faultAt(runDir, c.rank);
       measured.push(`SIGKILL in ${c.phase}: detected after ${detectMs} ms`);
+      // ring.json ends failed, with the failure the user was told.
+      const ring = JSON.parse(readFileSync(path.join(runDir, 'ring.json'), 'utf8'));
+      assert.equal(ring.state, 'failed');
+      assert.match(ring.failure, new RegExp(`^job train failed: rank ${c.rank} \\(local\\) was killed by SIGKILL`));
       assert.ok(detectMs < HEARTBEAT_TIMEOUT_MS + MARGIN_MS, `detected after ${detectMs} ms`);
       assert.deepEqual(workerPids(port), [], 'no worker left');
       const ckpt = latestCheckpoint(runDir, () => undefined)!;
@@ -270,6 +274,11 @@ describe('--max-restarts', () => {
     // metrics.jsonl holds each step once; the failed attempt's log is kept before the restart's.
     const steps = readFileSync(path.join(runDir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l).step);
     assert.deepEqual(steps, [1, 2, 3, 4, 5, 6, 7, 8]);
+    // So does ranks.jsonl, for every rank; ring.json is the last attempt's.
+    const rankSteps = readFileSync(path.join(runDir, 'ranks.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).map((x) => `${x.step}/${x.rank}`).sort();
+    assert.deepEqual(rankSteps, [1, 2, 3, 4, 5, 6, 7, 8].flatMap((st) => [`${st}/0`, `${st}/1`]).sort());
+    const ring = JSON.parse(readFileSync(path.join(runDir, 'ring.json'), 'utf8'));
+    assert.deepEqual([ring.state, ring.attempt], ['finished', 1]);
     const log0 = readFileSync(path.join(runDir, 'logs', 'rank-0.log'), 'utf8');
     assert.ok(log0.indexOf('RINGATTN_FAULT') < log0.indexOf('attempt 1 (restart 1) begins'));
     assert.match(log0, /resumed from .*ckpt-2 at step 2/);

@@ -26,6 +26,29 @@ test('ringattn train --config configs/ci.yaml writes every run-directory artifac
   assert.equal(typeof metrics[1].evalLoss, 'number');
   assert.match(readFileSync(path.join(runDir, 'loss.svg'), 'utf8'), /^<svg[\s\S]*<\/svg>\s*$/);
   assert.deepEqual(readdirSync(path.join(runDir, 'logs')).sort(), ['rank-0.log', 'rank-1.log']);
+  // Every rank's own timings of every step, whose four parts add up to its step time.
+  const ranks = readFileSync(path.join(runDir, 'ranks.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(ranks.map((x) => `${x.step}/${x.rank}`).sort(), ['1/0', '1/1', '2/0', '2/1', '3/0', '3/1', '4/0', '4/1']);
+  for (const x of ranks) {
+    const parts = x.attentionMs + x.otherComputeMs + x.ringWaitMs + x.allReduceMs;
+    assert.ok(Math.abs(parts - x.stepMs) < 1e-6 * x.stepMs + 1e-9, `step ${x.step} rank ${x.rank}: parts ${parts} vs step ${x.stepMs}`);
+    assert.ok(x.attentionMs > 0 && x.rssBytes > 2 ** 20, JSON.stringify(x));
+  }
+  assert.deepEqual(
+    ranks.filter((x) => x.rank === 0).map((x) => x.stepMs),
+    metrics.map((m) => m.stepMs),
+    "rank 0's records are its metrics.jsonl step times",
+  );
+  // The launcher's last word on the ring: finished, every rank done, its last heartbeat and what it ran on.
+  const ring = JSON.parse(readFileSync(path.join(runDir, 'ring.json'), 'utf8'));
+  assert.equal(ring.state, 'finished');
+  assert.equal(ring.job, 'train');
+  assert.deepEqual(ring.ranks.map((x: { rank: number; state: string }) => [x.rank, x.state]), [[0, 'done'], [1, 'done']]);
+  for (const x of ring.ranks) {
+    assert.ok(Date.parse(x.lastHeartbeat) >= Date.parse(ring.started) && Date.parse(x.lastHeartbeat) <= Date.parse(ring.updated), JSON.stringify(x));
+    assert.equal(x.info.threads, 1);
+    assert.equal(typeof x.info.engine, 'string');
+  }
   assert.equal(statSync(runDir).mode & 0o077, 0, 'run directory is owner-only');
   assert.deepEqual(workerPids(29500), []);
 });
@@ -55,6 +78,9 @@ test('a run resumed from its checkpoint gives the same losses as an uninterrupte
   const a = losses(full);
   const b = losses(cut);
   assert.equal(b.length, 4);
+  // The resumed attempt's per-rank records replace the first attempt's steps 3 and 4: each step and rank once.
+  const ranks = readFileSync(path.join(cut, 'ranks.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  assert.deepEqual(ranks.map((x) => `${x.step}/${x.rank}`).sort(), ['1/0', '1/1', '2/0', '2/1', '3/0', '3/1', '4/0', '4/1']);
   a.forEach((x, i) => assert.ok(Math.abs(x - b[i]) <= 1e-6 * Math.abs(x), `step ${i + 1}: ${x} vs ${b[i]}`));
 });
 

@@ -73,7 +73,7 @@ function speedChart() {
   const series = [{ label: 'tokens/s', stroke: COLORS[2], width: 1.5, scale: 'tok' }];
   const data = [m.map((r) => r.step), m.map((r) => r.tokensPerSec)];
   if (peak) {
-    series.push({ label: 'MFU %', stroke: COLORS[4], width: 1.5, scale: 'mfu' });
+    series.push({ label: 'MFU %', stroke: COLORS[4], width: 1.5, dash: [6, 4], scale: 'mfu' });
     data.push(m.map((r) => (r.modelFlopsPerSec === null ? null : (100 * r.modelFlopsPerSec) / peak)));
   }
   const axes = [STEP_AXIS, { scale: 'tok', label: 'tokens/s', size: 60 }];
@@ -180,8 +180,13 @@ function ringTable() {
   const body = $('ring-table').tBodies[0];
   body.textContent = '';
   const s = run.slowest;
+  const fastest = s ? Math.min(...s.busyMsByRank) : 0;
+  const spread = s && fastest > 0 ? (s.busyMs - fastest) / fastest : 0;
   $('slowest').textContent = s
-    ? `Slowest rank: ${s.rank}, ${s.busyMs.toFixed(1)} ms of compute per step over the last ${s.steps} steps; the others spend ${s.othersAllReduceMs.toFixed(1)} ms per step in the all-reduce, mostly waiting for it.`
+    ? `Slowest rank: ${s.rank}, ${s.busyMs.toFixed(1)} ms of compute per step over the last ${s.steps} steps` +
+      (spread < 0.05
+        ? ` (within ${(100 * spread).toFixed(1)}% of the fastest: the ring is balanced).`
+        : `, ${(100 * spread).toFixed(0)}% more than the fastest; the others spend ${s.othersAllReduceMs.toFixed(1)} ms per step in the all-reduce, mostly waiting for it.`)
     : worldSize() > 1 ? 'Slowest rank: not known until every rank has reported a step.' : '';
   if (!run.ring) {
     body.append(el('tr', {}, ''));

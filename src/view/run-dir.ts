@@ -305,8 +305,9 @@ export class RunWatcher {
 
     if (reset) return [{ type: 'snapshot', snapshot: this.snapshot() }];
     if (newMetrics.length > 0 || newRanks.length > 0) events.push({ type: 'append', metrics: newMetrics, ranks: newRanks, slowest: this.slowest() });
-    if (ringChanged && this.ring) events.push({ type: 'ring', ring: this.ring, peak: peakOf(this.ring) });
     if (checkpointsChanged) events.push({ type: 'checkpoints', checkpoints: this.checkpoints });
+    // Last: a page closes its stream on the ring's end, and must have everything written before it.
+    if (ringChanged && this.ring) events.push({ type: 'ring', ring: this.ring, peak: peakOf(this.ring) });
     return events;
   }
 
