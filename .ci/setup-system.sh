@@ -57,6 +57,12 @@ chmod 0755 /run/sshd
 apt_install chromium:chromium
 # --- end dashboard browser test -------------------------------------------------
 
+# --- Slurm test (test/slurm.test.ts) ------------------------------------------
+# A one-node cluster the test configures and starts itself (munged, slurmctld,
+# slurmd under its own temporary folder); the packages' services stay stopped.
+apt_install slurm-wlm:slurmctld slurm-wlm:slurmd slurm-client:sbatch munge:munged
+# --- end Slurm test -------------------------------------------------------------
+
 # --- webgpu tests (test/webgpu-*.test.ts, the webgpu CLI runs) ----------------
 # A software Vulkan driver for Dawn: bookworm's Mesa 22 lavapipe lacks what Dawn
 # requires (shaderUniform*ArrayDynamicIndexing); 25.0.x from bookworm-backports

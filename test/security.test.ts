@@ -179,16 +179,31 @@ describe('a curve job on a localhost ring', () => {
       const [p0, p1, relayPort] = await Promise.all([freePortRange(1), freePortRange(1), freePortRange(1)]);
       const seen: Buffer[] = [];
       const relay = net.createServer((inbound) => {
-        const outbound = net.connect(p1, '127.0.0.1');
+        // Rank 1 may not have bound its port yet when rank 0 reaches the relay: retry until it has, holding what arrives.
+        const pending: Buffer[] = [];
+        let outbound: net.Socket | null = null;
+        let tries = 0;
+        const dial = () => {
+          const o = net.connect(p1, '127.0.0.1');
+          o.once('connect', () => {
+            outbound = o;
+            for (const d of pending.splice(0)) o.write(d);
+            o.on('data', (d) => inbound.write(d));
+            o.on('close', () => inbound.destroy());
+          });
+          o.once('error', () => {
+            if (outbound === o || ++tries > 100) inbound.destroy();
+            else setTimeout(dial, 20);
+          });
+        };
+        dial();
         inbound.on('data', (d) => {
           seen.push(Buffer.from(d));
-          outbound.write(d);
+          if (outbound) outbound.write(d);
+          else pending.push(Buffer.from(d));
         });
-        outbound.on('data', (d) => inbound.write(d));
-        inbound.on('error', () => outbound.destroy());
-        outbound.on('error', () => inbound.destroy());
-        inbound.on('close', () => outbound.destroy());
-        outbound.on('close', () => inbound.destroy());
+        inbound.on('error', () => outbound?.destroy());
+        inbound.on('close', () => outbound?.destroy());
       });
       await new Promise<void>((r) => relay.listen(relayPort, '127.0.0.1', r));
       const common = { worldSize: 2, jobId: '0123456789abcdef', opTimeoutMs: 5000, connectTimeoutMs: 5000, heartbeatIntervalMs: 200, heartbeatTimeoutMs: 2000, maxMessageBytes: 1 << 20, curve };

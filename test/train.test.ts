@@ -13,7 +13,7 @@ import { latestCheckpoint, listCheckpoints, loadCheckpoint, saveCheckpoint } fro
 import { DEFAULT_CORPUS_MAX_BYTES, globFiles, loadCorpus, resolveDataPaths } from '../src/train/corpus.js';
 import { copyWindow, countTargets, createDataSource, recallAlphabet, recallWindow, shardOf, windowRng } from '../src/train/data.js';
 import { train } from '../src/train/loop.js';
-import { MetricsLog, readMetrics, type StepMetrics } from '../src/train/metrics.js';
+import { metricsLog, readMetrics, type StepMetrics } from '../src/train/metrics.js';
 import { adamwUpdate, clipScale, isDecayed } from '../src/train/optimizer.js';
 import { testEngine } from './helpers/engine.js';
 import { Progress } from '../src/train/progress.js';
@@ -348,7 +348,7 @@ describe('metrics, chart and progress', () => {
 
   it('metrics.jsonl appends one record per step and drops steps past a resume point', () => {
     const dir = tmp('metrics');
-    const log = new MetricsLog(dir);
+    const log = metricsLog(dir);
     for (let s = 1; s <= 5; s++) log.append(rec(s, 5 - s * 0.5, s % 2 === 0 ? 4 : undefined));
     assert.equal(readMetrics(log.path).length, 5);
     assert.equal(readMetrics(log.path)[1].evalLoss, 4);

@@ -86,7 +86,8 @@ test('backend auto passes over a software adapter and says so; --backend webgpu 
 
 test('ringattn doctor --backend webgpu lists the adapter with its limits and measured rates', async (t) => {
   if (skip) return t.skip(skip);
-  const r = await runCli(['doctor', '--workers', '2', '--backend', 'webgpu'], { timeoutMs: 300000 });
+  // Doctor re-tunes and rewrites plan's machine file and the tuning file beside it: the test's own, not the user's.
+  const r = await runCli(['doctor', '--workers', '2', '--backend', 'webgpu'], { timeoutMs: 300000, env: { RINGATTN_MACHINE_FILE: file('machine.json') } });
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stdout, /webgpu adapter 0: .+ \(vulkan, (software: correctness only|hardware)\): matmul \d+\.\d GFLOP\/s, attention \d+\.\d GFLOP\/s forward, max buffer \d+ MiB, binding \d+ MiB, workgroup memory \d+ KiB/);
   assert.match(r.stdout, /PASS: the ring of 2 works/);

@@ -15,6 +15,7 @@ import { intFlag, resolveSpec, ringOptions, SET_OPTION, withSetting } from './co
 import { benchCommand } from './bench.js';
 import { planCommand } from './plan.js';
 import { serveRun, viewCommand, viewOptions, type ViewFlags } from './view.js';
+import { keygenCommand, launchCommand } from './launch.js';
 import { workerCommand } from './worker.js';
 
 /** Ranks to show on the console, from `--ranks 0,2`. */
@@ -295,6 +296,8 @@ export function buildProgram(): Command {
   program.addCommand(generateCommand());
   program.addCommand(evalCommand());
   program.addCommand(viewCommand());
+  program.addCommand(launchCommand());
+  program.addCommand(keygenCommand());
   program.addCommand(workerCommand(), { hidden: true });
   for (const c of program.commands) c.exitOverride();
   return program;

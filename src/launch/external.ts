@@ -1,11 +1,12 @@
-import { readFileSync, statSync } from 'node:fs';
+import { mkdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { rankTable, resolvedSecurity, specHash, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
 import { isCurveKeys, type CurveKeys } from '../ring/zap.js';
 import { Coordinator } from './coordinator.js';
 import { loadJob } from './jobs.js';
-import { driverContext, tcp } from './launcher.js';
+import { driverContext, rootCause, tcp } from './launcher.js';
+import { RING_FILE, ringHealth, writeRingHealth, type RingHealth } from './ring-health.js';
 import { runWorker, workerLogger, type WorkerRole } from './worker.js';
 
 /**
@@ -26,18 +27,18 @@ function envInt(names: string[]): { value: number; from: string } | null {
   return null;
 }
 
-/** The job's key pair from a file only its owner can read (like ssh, a readable key is refused). */
-export function readKeyFile(file: string): CurveKeys {
+/** The job's key pair from a file only its owner can read (like ssh, a readable key is refused); `what` names it in errors. */
+export function readKeyFile(file: string, what = 'RINGATTN_CURVE_KEY_FILE'): CurveKeys {
   let mode: number;
   let text: string;
   try {
     mode = statSync(file).mode;
     text = readFileSync(file, 'utf8');
   } catch (e) {
-    throw new UserError(`RINGATTN_CURVE_KEY_FILE ${file}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+    throw new UserError(`${what} ${file}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
   if (process.platform !== 'win32' && (mode & 0o077) !== 0) {
-    throw new UserError(`RINGATTN_CURVE_KEY_FILE ${file}: mode ${(mode & 0o777).toString(8)} lets other users read the job's keys; chmod 600 it`);
+    throw new UserError(`${what} ${file}: mode ${(mode & 0o777).toString(8)} lets other users read the job's keys; chmod 600 it`);
   }
   let keys: unknown;
   try {
@@ -45,11 +46,12 @@ export function readKeyFile(file: string): CurveKeys {
   } catch {
     keys = null;
   }
-  if (!isCurveKeys(keys)) throw new UserError(`RINGATTN_CURVE_KEY_FILE ${file}: expected JSON {"publicKey","secretKey"}, each 40 Z85 characters`);
+  if (!isCurveKeys(keys)) throw new UserError(`${what} ${file}: expected JSON {"publicKey","secretKey"}, each 40 Z85 characters`);
   return { publicKey: keys.publicKey, secretKey: keys.secretKey };
 }
 
-export const RANK_VARS = ['RINGATTN_RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK', 'PMI_RANK', 'RANK'];
+// JOB_COMPLETION_INDEX: a Kubernetes Indexed Job's pod index (src/launch/emit.ts makes one pod per rank).
+export const RANK_VARS = ['RINGATTN_RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK', 'PMI_RANK', 'JOB_COMPLETION_INDEX', 'RANK'];
 export const WORLD_VARS = ['RINGATTN_WORLD_SIZE', 'SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE', 'PMI_SIZE', 'WORLD_SIZE'];
 
 export async function runExternalWorker(spec: ClusterSpec, configFile: string, kind: string, runDir?: string): Promise<void> {
@@ -67,6 +69,13 @@ export async function runExternalWorker(spec: ClusterSpec, configFile: string, k
     curve = readKeyFile(keyFile);
   }
   const e = table[rank.value];
+  // Slurm says where it started the task: it must be the spec's host for that rank (block distribution).
+  const node = process.env.SLURMD_NODENAME;
+  if (node && rank.from === 'SLURM_PROCID' && node !== e.host && node !== e.address) {
+    throw new UserError(`rank ${e.rank}: Slurm started it on ${node}, but ${configFile} puts it on ${e.host}: tasks must be laid out in blocks (srun --distribution=block), in the order of the spec's hosts`);
+  }
+  // A scheduler stops a job with SIGTERM: exit through 'exit', which removes this rank's ipc sockets and shared-memory files.
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => process.exit(sig === 'SIGTERM' ? 143 : 130));
   const hash = specHash(spec);
   const role: WorkerRole = {
     jobId: hash.slice(0, 16),
@@ -99,8 +108,24 @@ export async function runExternalWorker(spec: ClusterSpec, configFile: string, k
     hostOf: (r) => table[r].host,
     curve,
   });
-  coord.onFailure = (f) => {
-    log.error(`rank ${f.rank} (${f.host}) failed: ${f.message}: aborting every rank`);
+  // ring.json, as the launcher writes it: `ringattn view` shows a scheduler's job like any other.
+  const healthJob = { job: kind, attempt: 0, started: new Date().toISOString(), heartbeatIntervalMs: spec.ring.heartbeatIntervalMs, heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs };
+  const writeHealth = (state: RingHealth['state'], failure?: string) => {
+    try {
+      mkdirSync(role.runDir, { recursive: true, mode: 0o700 });
+      writeRingHealth(role.runDir, ringHealth({ ...healthJob, state, ...(failure !== undefined ? { failure } : {}) }, coord.status()));
+    } catch (err) {
+      log.warn(`cannot write ${RING_FILE} in ${role.runDir}: ${(err as Error).message}`);
+    }
+  };
+  const healthTimer = setInterval(() => writeHealth('running'), spec.ring.heartbeatIntervalMs);
+  healthTimer.unref();
+  coord.onFailure = (reported) => {
+    // A neighbour's report of a lost link names the rank that went: blame that one, as the launcher does.
+    const f = rootCause([{ ...reported, died: false }]);
+    log.error(`rank ${f.rank} (${f.host}) failed: ${f.message.replace(/^rank \d+: /, '')}: aborting every rank`);
+    clearInterval(healthTimer);
+    writeHealth('failed', `rank ${f.rank} (${f.host}) ${f.message.replace(/^rank \d+: /, '')}`);
     void coord.abort(`rank ${f.rank} failed`).finally(() => process.exit(1));
   };
   const driving = (async () => {
@@ -108,9 +133,16 @@ export async function runExternalWorker(spec: ClusterSpec, configFile: string, k
     if (job.driver) await job.driver(driverContext(coord, spec, role.runDir, {}, (line) => process.stderr.write(`${line}\n`)));
     await coord.allDone();
   })();
+  let ended: { state: RingHealth['state']; failure?: string } = { state: 'failed', failure: 'rank 0 stopped' };
   try {
     await Promise.all([runWorker(role, log), driving]);
+    ended = { state: 'finished' };
+  } catch (err) {
+    ended = { state: 'failed', failure: `rank 0 (${e.host}) ${(err as Error).message.split('\n')[0]}` };
+    throw err;
   } finally {
+    clearInterval(healthTimer);
+    writeHealth(ended.state, ended.failure);
     coord.close();
   }
 }

@@ -436,7 +436,7 @@ export function driverContext(coordinator: Coordinator, spec: ClusterSpec, runDi
  * a rank killed by a signal, else a rank's own error, else a neighbour's report
  * that a rank went silent (which names that rank), else any exit code.
  */
-function rootCause(failures: Array<WorkerFailure & { died: boolean }>): WorkerFailure {
+export function rootCause(failures: Array<WorkerFailure & { died: boolean }>): WorkerFailure {
   const interrupted = failures.find((f) => f.rank === -1);
   if (interrupted) return interrupted;
   const killed = failures.find((f) => f.died && /killed by|could not be started/.test(f.message));
