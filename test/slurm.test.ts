@@ -87,9 +87,10 @@ describe('Slurm', { skip: missing ?? false }, () => {
     assert.deepEqual(workerPids(), []);
   });
 
-  it('scancel stops a running job: no worker, no ipc socket, no shared-memory file, no key left', { timeout: 180000 }, async () => {
+  it('scancel stops a running job: no worker, no ipc socket, no shared-memory file, no key left', { timeout: 180000 }, async (t) => {
     const { script, runDir } = await emit('cancelled', ['--set', 'train.steps=100000']);
     const before = jobFiles();
+    const submitted = Date.now();
     const sub = slurm.run('sbatch', ['--parsable', script]);
     assert.equal(sub.status, 0, sub.stderr);
     const id = sub.stdout.trim().split(';')[0];
@@ -99,13 +100,16 @@ describe('Slurm', { skip: missing ?? false }, () => {
       assert.ok(Date.now() < deadline, `the job never trained:\n${output(runDir)}`);
       await new Promise((r) => setTimeout(r, 200));
     }
+    const training = Date.now();
     assert.ok(workerPids().length >= 2, 'the two tasks are running');
     assert.equal(slurm.run('scancel', [id]).status, 0);
-    await slurm.drained();
     // Slurm's SIGTERM ends each task through its exit handlers; give the last a moment to be reaped.
-    const end = Date.now() + 10000;
-    while (workerPids().length > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
+    const end = Date.now() + 30000;
+    while (workerPids().length > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    const gone = Date.now();
+    await slurm.drained();
     assert.deepEqual(workerPids(), []);
+    t.diagnostic(`sbatch to the third step in metrics.jsonl: ${training - submitted} ms; scancel to no worker process: ${gone - training} ms`);
     assert.match(output(runDir), /CANCELLED/);
     assert.deepEqual(jobFiles().filter((f) => !before.includes(f)), []);
     const jobDir = readdirSync(runDir).find((x) => /^slurm-\d+$/.test(x))!;

@@ -15,13 +15,19 @@ import { resolveLayout } from '../train/loop.js';
  * read; no secret is ever in argv or in the environment.
  */
 
-/** The spec's text for a ring over `hosts` (machine names, in rank order), `slotsPerHost` ranks on each. */
-export function specForHosts(spec: ClusterSpec, hosts: string[], slotsPerHost: number, opts: { basePort?: number; bindAddress?: string; source?: string } = {}): ClusterSpec {
-  if (hosts.length === 0 || hosts.some((h) => h.trim() === '')) throw new UserError('--hosts: expected a comma-separated list of machine names');
+/** The spec of a ring over `hosts` (machine names, or names with the address peers reach them at, in rank order), `slotsPerHost` ranks on each. */
+export function specForHosts(
+  spec: ClusterSpec,
+  hosts: Array<string | { name: string; address: string }>,
+  slotsPerHost: number,
+  opts: { basePort?: number; bindAddress?: string; source?: string } = {},
+): ClusterSpec {
+  const named = hosts.map((h) => (typeof h === 'string' ? { name: h.trim(), address: h.trim() } : h));
+  if (named.length === 0 || named.some((h) => h.name === '')) throw new UserError('--hosts: expected a comma-separated list of machine names');
   return specFromObject(
     {
       ...spec,
-      hosts: hosts.map((h) => ({ name: h, address: h, slots: slotsPerHost })),
+      hosts: named.map((h) => ({ ...h, slots: slotsPerHost })),
       ring: { ...spec.ring, ...(opts.basePort !== undefined ? { basePort: opts.basePort } : {}), ...(opts.bindAddress !== undefined ? { bindAddress: opts.bindAddress } : {}) },
     },
     opts.source ?? '--emit spec',
@@ -147,7 +153,8 @@ export const KEY_MOUNT = '/etc/ringattn-key';
 export function kubernetesManifests(spec: ClusterSpec, o: KubernetesOptions): object[] {
   // Pod hostnames are <job name>-<index>, 63 characters at most.
   if (!DNS_LABEL.test(o.name) || o.name.length > 52) throw new UserError(`--name ${o.name}: a Kubernetes name of lowercase letters, digits and '-', at most 52 characters`);
-  const hosts = Array.from({ length: o.ranks }, (_, i) => `${o.name}-${i}.${o.name}`);
+  // Pod i of the Indexed Job is <name>-i; the headless Service's DNS gives it <name>-i.<name>.
+  const hosts = Array.from({ length: o.ranks }, (_, i) => ({ name: `${o.name}-${i}`, address: `${o.name}-${i}.${o.name}` }));
   // Every pod binds all its interfaces (its pod IP); peers reach it by its DNS name. The link is CURVE-encrypted.
   const podSpec = specForHosts({ ...spec, security: 'curve' }, hosts, 1, { bindAddress: '0.0.0.0', source: '--emit kubernetes' });
   const world = worldSize(podSpec);
