@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { appendFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { appendFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -11,7 +12,7 @@ import { peakOf, RunWatcher, slowestRank } from '../src/view/run-dir.js';
 import { startView, type ViewServer } from '../src/view/server.js';
 import type { RankStepRecord, StepMetrics } from '../src/train/metrics.js';
 import type { RingHealth } from '../src/launch/ring-health.js';
-import { runCli } from './helpers/cli.js';
+import { CLI, runCli } from './helpers/cli.js';
 
 /** The dashboard's data (a run directory read as it grows) and its server, without a browser (see view-browser.test.ts). */
 
@@ -321,4 +322,38 @@ test('ringattn view: loopback unless told; a bad run directory or a port in use 
   const badPort = await runCli(['view', runDir('cli'), '--port', 'http']);
   assert.equal(badPort.code, 2);
   assert.match(badPort.stderr.trim(), /^ringattn: --port: expected an integer >= 0, got "http"$/);
+});
+
+const nsMissing = process.getuid?.() !== 0 ? 'needs root, for a network namespace of its own' : spawnSync('sh', ['-c', 'command -v unshare && command -v ip']).status !== 0 ? 'needs unshare and ip' : null;
+if (nsMissing) process.stderr.write(`view.test: the non-loopback bind is skipped: ${nsMissing}\n`);
+
+test('--bind a non-loopback address with --allow-remote: served there, to any host name, with a warning (inside a network namespace of the test)', { skip: nsMissing ?? false }, () => {
+  const dir = runDir('remote');
+  writeFileSync(path.join(dir, 'metrics.jsonl'), line(metric(1)));
+  // Inside the namespace: start `ringattn view` on the dummy interface's address, then fetch a snapshot from it.
+  const probe = path.join(tmp, 'probe.mjs');
+  writeFileSync(
+    probe,
+    `import { spawn } from 'node:child_process';
+const child = spawn(process.execPath, [${JSON.stringify(CLI)}, 'view', ${JSON.stringify(dir)}, '--bind', '10.213.0.1', '--allow-remote', '--port', '8470'], { stdio: ['ignore', 'ignore', 'pipe'] });
+let err = '';
+child.stderr.on('data', (d) => (err += d));
+let body = null;
+for (let i = 0; i < 100 && body === null; i++) {
+  await new Promise((r) => setTimeout(r, 100));
+  try { body = await (await fetch('http://10.213.0.1:8470/api/snapshot', { headers: { host: 'ringattn.example:8470' } })).json(); } catch {}
+}
+child.kill('SIGINT');
+await new Promise((r) => child.on('exit', r));
+process.stdout.write(JSON.stringify({ body, err }));
+`,
+  );
+  // A private address on the namespace's own interface, in a namespace that reaches nothing: the port is never on a real network.
+  const script = ['set -e', 'ip link set lo up', 'ip addr add 10.213.0.1/32 dev lo', `exec ${JSON.stringify(process.execPath)} ${JSON.stringify(probe)}`].join('\n');
+  const r = spawnSync('unshare', ['--net', 'sh', '-c', script], { encoding: 'utf8', timeout: 60000 });
+  assert.equal(r.status, 0, r.stderr);
+  const { body, err } = JSON.parse(r.stdout);
+  assert.deepEqual(body?.metrics.map((m: { step: number }) => m.step), [1], `served on the address, to another host name: the user asked for a remote page\n${err}`);
+  assert.match(err, /^warning: the dashboard is served on 10\.213\.0\.1:8470 to anyone who can reach it, without authentication$/m);
+  assert.match(err, /^dashboard: http:\/\/10\.213\.0\.1:8470\/$/m);
 });
