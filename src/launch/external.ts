@@ -75,7 +75,13 @@ export async function runExternalWorker(spec: ClusterSpec, configFile: string, k
     throw new UserError(`rank ${e.rank}: Slurm started it on ${node}, but ${configFile} puts it on ${e.host}: tasks must be laid out in blocks (srun --distribution=block), in the order of the spec's hosts`);
   }
   // A scheduler stops a job with SIGTERM: exit through 'exit', which removes this rank's ipc sockets and shared-memory files.
-  for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => process.exit(sig === 'SIGTERM' ? 143 : 130));
+  let onStop: (sig: string) => void = () => undefined;
+  for (const sig of ['SIGTERM', 'SIGINT'] as const) {
+    process.once(sig, () => {
+      onStop(sig);
+      process.exit(sig === 'SIGTERM' ? 143 : 130);
+    });
+  }
   const hash = specHash(spec);
   const role: WorkerRole = {
     jobId: hash.slice(0, 16),
@@ -120,11 +126,13 @@ export async function runExternalWorker(spec: ClusterSpec, configFile: string, k
   };
   const healthTimer = setInterval(() => writeHealth('running'), spec.ring.heartbeatIntervalMs);
   healthTimer.unref();
+  onStop = (sig) => writeHealth('failed', `stopped by the scheduler (${sig})`);
   coord.onFailure = (reported) => {
     // A neighbour's report of a lost link names the rank that went: blame that one, as the launcher does.
     const f = rootCause([{ ...reported, died: false }]);
     log.error(`rank ${f.rank} (${f.host}) failed: ${f.message.replace(/^rank \d+: /, '')}: aborting every rank`);
     clearInterval(healthTimer);
+    onStop = () => undefined;
     writeHealth('failed', `rank ${f.rank} (${f.host}) ${f.message.replace(/^rank \d+: /, '')}`);
     void coord.abort(`rank ${f.rank} failed`).finally(() => process.exit(1));
   };

@@ -112,6 +112,12 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
     // The job cannot go on; exiting is the cleanup (sockets and files are released by the OS).
     process.exit(1);
   };
+  // A ring failure is reported once, through onFailure, and rejects every wait; a wait that no code awaits any more
+  // (a receive posted ahead by a pass that has already given up) must not crash the process before that report.
+  process.on('unhandledRejection', (reason) => {
+    if (reason !== null && (reason === ring?.failedWith || reason === reverse?.failedWith)) return;
+    throw reason;
+  });
   dealer.connect(role.coordinator);
   dealer.events.on('disconnect', () => die('lost the coordinator: stopping'));
 

@@ -294,7 +294,12 @@ export class Ring {
         return { sent, received };
       },
       send: (tag, items) => this.sendIn(st, tag, items),
-      recv: async (tag, timeoutMs) => (await this.recvIn(st, tag, timeoutMs)).tensors,
+      recv: (tag, timeoutMs) => {
+        // Posted ahead and held (the backward's next dK/dV): handled here, as recvIn's own promise is.
+        const tensors = this.recvIn(st, tag, timeoutMs).then((m) => m.tensors);
+        tensors.catch(() => undefined);
+        return tensors;
+      },
       recvMessage: (tag, timeoutMs) => this.recvIn(st, tag, timeoutMs),
       end: () => this.endOp(st),
     };
@@ -371,7 +376,7 @@ export class Ring {
       return Promise.resolve(m);
     }
     const started = performance.now();
-    return new Promise<Message>((resolve, reject) => {
+    const received = new Promise<Message>((resolve, reject) => {
       const timer = setTimeout(() => {
         const list = op.waiters.get(tag);
         const i = list?.indexOf(waiter) ?? -1;
@@ -392,6 +397,11 @@ export class Ring {
       };
       op.waiters.set(tag, [...(op.waiters.get(tag) ?? []), waiter]);
     });
+    // A receive posted ahead (the next KV block, under this block's compute) may fail while its caller awaits
+    // something else: that is the ring's failure, reported through onFailure and to whoever awaits this; it must
+    // not also crash the process as an unhandled rejection before the report is out.
+    received.catch(() => undefined);
+    return received;
   }
 
   private endOp(op: OpState): void {
@@ -469,6 +479,11 @@ export class Ring {
   }
 
   get failed(): Error | null {
+    return this.failure;
+  }
+
+  /** The error the ring failed with (every later wait rejects with this same object), or null while it works. */
+  get failedWith(): Error | null {
     return this.failure;
   }
 
