@@ -146,7 +146,9 @@ export async function runExternalWorker(spec: ClusterSpec, configFile: string, k
     await Promise.all([runWorker(role, log), driving]);
     ended = { state: 'finished' };
   } catch (err) {
-    ended = { state: 'failed', failure: `rank 0 (${e.host}) ${(err as Error).message.split('\n')[0]}` };
+    // Rank 0's own job may be the first to see a neighbour's loss: blame as the coordinator would.
+    const f = rootCause([{ rank: 0, host: e.host, message: (err as Error).message.split('\n')[0], died: false }]);
+    ended = { state: 'failed', failure: `rank ${f.rank} (${f.host}) ${f.message.replace(/^rank \d+: /, '')}` };
     throw err;
   } finally {
     clearInterval(healthTimer);
