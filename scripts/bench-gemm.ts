@@ -19,7 +19,7 @@
 // picks its kernel for this CPU itself.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { loadGemm, type SgemmArgs } from '../src/engine/addon.js';
+import { loadGemm, type SgemmArgs } from '../src/addon/index.js';
 import { Numpy } from './numpy-gemm.js';
 
 

@@ -28,7 +28,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import { loadSpec, specFromObject, type ClusterSpec } from '../src/config/index.js';
-import { loadGemm } from '../src/engine/addon.js';
+import { loadGemm } from '../src/addon/index.js';
 import { paramCount } from '../src/model/index.js';
 import { flopsPerToken } from '../src/train/flops.js';
 import { cpuFlags } from '../src/bench/harness.js';

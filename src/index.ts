@@ -5,6 +5,7 @@ export type { AttentionKernel, BlockArgs, BlockPartial, BlockGrads, BlockGradArg
 export { loadKernel, referenceKernel, fullAttentionReference, mergePartial, emptyPartial, rowDelta } from './kernels/index.js';
 export { Ring, RingError, type RingOptions, type RingPeer } from './ring/transport.js';
 export { allReduceSum, barrier, broadcast, ringPass } from './ring/collectives.js';
+export { onHostArrays, type AttentionOp, type AttentionTensors, type HostAttentionOp } from './attention/op.js';
 export { ringAttentionForward, ringAttentionBackward, ringAttentionOp, newRingStepStats, type RingAttentionConfig, type RingStepStats } from './attention/ring-attention.js';
 export { shardPositions, checkLayout, defaultLayout, gatherShard, scatterShard, LAYOUTS, type Layout } from './attention/layout.js';
 export { Trace, traceDocument } from './attention/trace.js';

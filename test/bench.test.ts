@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { LAYOUTS, shardPositions, type Layout } from '../src/attention/layout.js';
-import { benchJob } from '../src/bench/job.js';
+import { benchJob } from '../src/jobs/bench.js';
 import { benchArgs, BENCH_SHAPE_DEFAULTS, type BenchParams } from '../src/bench/params.js';
 import { benchPlan, hostFit, memoryPlan } from '../src/bench/plan.js';
 import { formatReport, type BenchReport, type Figures } from '../src/bench/report.js';
@@ -13,7 +13,7 @@ import { parseSweep, renderSweepChart, sweepRow } from '../src/bench/sweep.js';
 import { benchCommand } from '../src/cli/bench.js';
 import { specFromObject, type ClusterSpec } from '../src/config/index.js';
 import { UserError } from '../src/errors.js';
-import type { DriverContext, WorkerContext } from '../src/launch/job.js';
+import type { DriverContext, WorkerContext } from '../src/jobs/types.js';
 import type { Ring } from '../src/ring/transport.js';
 import { closeAll, openLocalRing } from './helpers/ring.js';
 

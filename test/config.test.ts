@@ -25,7 +25,7 @@ import {
   workerThreads,
 } from '../src/config/index.js';
 import { availableParallelism } from 'node:os';
-import { DOCS_FILE, SCHEMA_FILE, renderConfigDocs, renderJsonSchema } from '../scripts/gen-schema.js';
+import { DOCS_FILE, SCHEMA_FILE, renderConfigDocs, renderJsonSchema } from '../src/config/docs.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..');
 const FIX = 'test/fixtures/config';

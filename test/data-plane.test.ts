@@ -13,7 +13,7 @@ import { dtypeOf, encodeHeader, FrameError, type FrameHeader } from '../src/ring
 import { shmAvailable, shmPath } from '../src/ring/shm.js';
 import { CHUNK_BYTES, HIGH_WATER_MARK, Ring } from '../src/ring/transport.js';
 import { freePortRange } from './helpers/ports.js';
-import { loadWireNative } from '../src/engine/addon.js';
+import { loadWireNative } from '../src/ring/wire.js';
 import { fromWire, roundTrip, toWire, type WireFormat } from '../src/ring/wire.js';
 import { selectBackend } from '../src/tensor/backend.js';
 import { randn } from '../src/tensor/random.js';

@@ -7,7 +7,7 @@ import { loadEngine } from '../src/engine/index.js';
 import { UserError } from '../src/errors.js';
 import { selectBackend } from '../src/tensor/backend.js';
 import { Rng } from '../src/tensor/random.js';
-import { loadAddon } from '../src/engine/addon.js';
+import { loadAddon } from '../src/addon/index.js';
 
 /**
  * Every engine op against float64: forward ops against plain float64 loops

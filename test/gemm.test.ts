@@ -6,7 +6,7 @@
 //   node --import tsx --test test/gemm.test.ts
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { loadGemm, type GemmAddon, type SgemmArgs } from '../src/engine/addon.js';
+import { loadGemm, type GemmAddon, type SgemmArgs } from '../src/addon/index.js';
 import { rng } from './helpers/rng.js';
 
 

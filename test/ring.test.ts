@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import * as zmq from 'zeromq';
-import { loadSumInto } from '../src/engine/addon.js';
+import { loadSumInto } from '../src/addon/index.js';
 import { allReduceSum, barrier, broadcast, ringPass } from '../src/ring/collectives.js';
 import { decodeHeader, encodeHeader, FrameError } from '../src/ring/frame.js';
 import { Ring } from '../src/ring/transport.js';

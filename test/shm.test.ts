@@ -13,7 +13,7 @@ import { freemem } from 'node:os';
 import { createInterface } from 'node:readline';
 import { after, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { loadAddon } from '../src/engine/addon.js';
+import { loadAddon } from '../src/addon/index.js';
 import { shmAvailable, shmPath, ShmReader, ShmWriter, type ShmDescriptor } from '../src/ring/shm.js';
 import { rng } from './helpers/rng.js';
 

@@ -3,10 +3,10 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { formatSoak, runSoak } from '../scripts/soak.js';
+import { formatSoak, runSoak } from './helpers/soak.js';
 
 /*
- * The short version of scripts/soak.ts (the lead runs the long one for
+ * The short version of `npm run soak` (scripts/soak.ts) (the lead runs the long one for
  * docs/reliability.md): a few hundred training steps on a ring of 2 with
  * frequent checkpoints; no worker's or launcher's count of open file
  * descriptors grows. Memory is only reported here: a short run is all warm-up.

@@ -8,7 +8,7 @@ import { loadKernel } from '../src/kernels/index.js';
 import type { AttentionKernel } from '../src/kernels/types.js';
 import { selectBackend } from '../src/tensor/backend.js';
 import { loadCheckpoint } from '../src/train/checkpoint.js';
-import { trainRingOn } from '../src/train/job.js';
+import { trainRingOn } from '../src/train/ring.js';
 import { train } from '../src/train/loop.js';
 import type { StepMetrics } from '../src/train/metrics.js';
 import { relErr } from './helpers/attention.js';

@@ -1,7 +1,7 @@
 import { emptyPartial, mergePartial } from '../kernels/merge.js';
 import type { AttentionDims, AttentionKernel, BlockPartial } from '../kernels/types.js';
-import { onHostArrays } from '../model/host-attention.js';
-import type { AttentionOp } from '../model/types.js';
+import { onHostArrays } from './op.js';
+import type { AttentionOp } from './op.js';
 import { allGather } from '../ring/collectives.js';
 import type { Ring } from '../ring/transport.js';
 import { ringAttentionForward, type RingAttentionConfig } from './ring-attention.js';

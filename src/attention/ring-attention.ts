@@ -1,13 +1,13 @@
-import { loadWireNative } from '../engine/addon.js';
 import { isFullyMasked } from '../kernels/mask.js';
 import { emptyPartial, mergePartial, rowDelta } from '../kernels/merge.js';
 import type { AttentionDims, AttentionKernel, BlockArgs, BlockPartial } from '../kernels/types.js';
 import { slice, type AttentionMask, type AttentionShape, type Engine, type EngineAttention, type IntTensor, type Tensor as Tensor32 } from '../engine/types.js';
-import { onHostArrays } from '../model/host-attention.js';
-import type { AttentionOp, AttentionTensors } from '../model/types.js';
+import { onHostArrays } from './op.js';
+import type { AttentionOp, AttentionTensors } from './op.js';
 import type { Tensor } from '../ring/frame.js';
 import type { Message, Ring, RingOp } from '../ring/transport.js';
-import { fromWire, toWire, type WireFormat } from '../ring/wire.js';
+import { mod } from '../ring/mod.js';
+import { fromWire, loadWireNative, toWire, type WireFormat } from '../ring/wire.js';
 import { Trace, TRACK_COMPUTE, TRACK_TRANSFER, TRACK_WAIT } from './trace.js';
 
 /**
@@ -85,8 +85,6 @@ interface KVBlock {
   /** The block as it arrived, to pass on unchanged: a 16-bit wire rounds a block once, at its owner. */
   wire?: Tensor[];
 }
-
-const mod = (a: number, n: number) => ((a % n) + n) % n;
 
 function ringShape(cfg: RingConfig): { rank: number; n: number } {
   return cfg.ring ? { rank: cfg.ring.rank, n: cfg.ring.worldSize } : { rank: 0, n: 1 };

@@ -1,4 +1,3 @@
-export { benchJob } from './job.js';
 export { benchArgs, parseBenchArgs, checkParams, BENCH_SHAPE_DEFAULTS, DEFAULT_SEED, type BenchParams } from './params.js';
 export {
   benchPlan,

@@ -1,4 +1,5 @@
 import { shardPositions, type Layout } from '../attention/layout.js';
+import { mod } from '../ring/mod.js';
 
 /**
  * The work of ring attention counted exactly from token positions: the number
@@ -22,8 +23,6 @@ export function forwardFlopsPerEntry(heads: number, headDim: number): number {
 export function backwardFlopsPerEntry(heads: number, headDim: number): number {
   return BWD_MATMULS * 2 * headDim * heads;
 }
-
-export const mod = (a: number, n: number): number => ((a % n) + n) % n;
 
 /** The rank whose KV block rank `rank` holds at ring step `t`. */
 export function stepOwner(rank: number, t: number, ringSize: number): number {

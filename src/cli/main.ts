@@ -2,10 +2,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { Command, CommanderError } from 'commander';
 import { UserError } from '../errors.js';
-import { prepareAttn } from '../attention/attn-job.js';
+import { prepareAttn } from '../jobs/attn.js';
 import { LAYOUTS, type Layout } from '../attention/layout.js';
 import { loadSpec, specFromObject, worldSize, type ClusterSpec } from '../config/index.js';
-import type { DoctorReport } from '../launch/doctor-job.js';
+import type { DoctorReport } from '../jobs/doctor.js';
 import { defaultRunDir, runJob, runJobWithRestarts } from '../launch/launcher.js';
 import { ensurePrivateDir } from '../train/checkpoint.js';
 import type { ViewServer } from '../view/server.js';
@@ -238,7 +238,7 @@ function evalCommand(): Command {
     .option('--json', 'the result as JSON')
     .action(async (opts: { checkpoint: string; task?: string; samples: string; buckets: string; workers?: string; set?: string[]; json?: boolean }) => {
       const { resolveCheckpoint } = await import('../train/checkpoint.js');
-      const { depthBuckets, evalSpec } = await import('../train/eval-job.js');
+      const { depthBuckets, evalSpec } = await import('../jobs/eval.js');
       const { paramCount } = await import('../model/index.js');
       const samples = intFlag(opts.samples, '--samples');
       const buckets = intFlag(opts.buckets, '--buckets');

@@ -1,4 +1,4 @@
-import { loadAddon } from './addon.js';
+import { loadAddon } from '../addon/index.js';
 import { EngineMemory, type AdamWArgs, type Engine, type IntTensor, type MatmulShape, type NormShape, type RopeShape, type Tensor } from './types.js';
 
 /**

@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { loadKernel, type KernelName, type LoadedKernel } from '../kernels/index.js';
 import { loadNativeKernel, nativeInfo } from '../kernels/native.js';
 import type { BlockArgs } from '../kernels/types.js';
-import { loadGemm } from './addon.js';
+import { loadGemm } from '../addon/index.js';
 
 /**
  * Block sizes chosen for the machine: the attention kernel's tiles and the

@@ -1,4 +1,4 @@
-import { loadAddon } from '../engine/addon.js';
+import { loadAddon } from '../addon/index.js';
 import type {
   AttentionKernel,
   BlockArgs,

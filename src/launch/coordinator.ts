@@ -1,7 +1,8 @@
+import type { RingPeer } from '../ring/transport.js';
 import * as zmq from 'zeromq';
 import type { Payload } from '../ring/frame.js';
 import { guardServer, type CurveKeys } from '../ring/zap.js';
-import { decodeControl, encodeControl, MAX_CONTROL_BYTES, PROTOCOL_VERSION, type CoordinatorMessage, type PeerEntry, type WorkerMessage } from './protocol.js';
+import { decodeControl, encodeControl, MAX_CONTROL_BYTES, PROTOCOL_VERSION, type CoordinatorMessage, type WorkerMessage } from './protocol.js';
 
 /**
  * The coordinator: a ROUTER socket that workers (DEALERs) report to. It runs
@@ -144,7 +145,7 @@ export class Coordinator {
   }
 
   /** Waits for every rank's hello, checks them, and sends out the peer table. */
-  async rendezvous(): Promise<PeerEntry[]> {
+  async rendezvous(): Promise<RingPeer[]> {
     const deadline = Date.now() + this.opts.rendezvousTimeoutMs;
     while (this.hellos.size < this.opts.worldSize) {
       if (this.closed) throw new Error('the coordinator closed during the rendezvous');

@@ -4,7 +4,7 @@ import { rankTable, resolvedSecurity, specHash, type ClusterSpec } from '../conf
 import { UserError } from '../errors.js';
 import { isCurveKeys, type CurveKeys } from '../ring/zap.js';
 import { Coordinator } from './coordinator.js';
-import { loadJob } from './jobs.js';
+import { loadJob } from '../jobs/index.js';
 import { driverContext, rootCause, tcp } from './launcher.js';
 import { RING_FILE, ringHealth, writeRingHealth, type RingHealth } from './ring-health.js';
 import { runWorker, workerLogger, type WorkerRole } from './worker.js';

@@ -1,5 +1,6 @@
 import type { Logger } from 'pino';
 import { UserError } from '../errors.js';
+import { FAULT_PHASES, type FaultPhase, type FaultPoint } from '../jobs/types.js';
 
 /**
  * A testing hook, and the only one: `RINGATTN_FAULT=rank:phase:step[:action[:attempt]]`
@@ -14,9 +15,6 @@ import { UserError } from '../errors.js';
  * `--max-restarts` run can be tested to recover, or to give up. The fault matrix in test/faults.test.ts is built on it.
  */
 
-export const FAULT_PHASES = ['forward', 'backward', 'allreduce', 'checkpoint'] as const;
-export type FaultPhase = (typeof FAULT_PHASES)[number];
-export type FaultPoint = (phase: FaultPhase, step: number) => void;
 
 export interface FaultSpec {
   rank: number;

@@ -11,8 +11,8 @@ import { UserError } from '../errors.js';
 import type { CurveKeys } from '../ring/zap.js';
 import { Coordinator, type WorkerFailure } from './coordinator.js';
 import { RING_FILE, ringHealth, writeRingHealth, type RingHealth } from './ring-health.js';
-import type { DriverContext } from './job.js';
-import { loadJob } from './jobs.js';
+import type { DriverContext } from '../jobs/types.js';
+import { loadJob } from '../jobs/index.js';
 import type { WorkerRole } from './worker.js';
 
 /**

@@ -4,17 +4,11 @@
  * that travel with it: input shards, results).
  */
 import type { Payload } from '../ring/frame.js';
+import type { RingPeer } from '../ring/transport.js';
 
 export const PROTOCOL_VERSION = 2;
 /** Largest control message accepted: a stray client cannot make the coordinator buffer more. */
 export const MAX_CONTROL_BYTES = 1 << 30;
-
-export interface PeerEntry {
-  rank: number;
-  host: string;
-  /** Endpoint the rank's ring socket is bound to. */
-  endpoint: string;
-}
 
 export type WorkerMessage =
   | { type: 'hello'; rank: number; host: string; endpoint: string; protocol: number; specHash: string; pid: number; node: string }
@@ -30,7 +24,7 @@ export type WorkerMessage =
   | { type: 'failed'; rank: number; message: string; userError?: boolean };
 
 export type CoordinatorMessage =
-  | { type: 'peers'; peers: PeerEntry[] }
+  | { type: 'peers'; peers: RingPeer[] }
   | { type: 'input'; name: string; value: unknown }
   | { type: 'abort'; reason: string }
   /** The coordinator has the worker's `done`: only now may the worker exit (a sent message is only queued). */

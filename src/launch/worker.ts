@@ -6,12 +6,12 @@ import { specHash, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
 import type { Payload } from '../ring/frame.js';
 import { shmAvailable, shmPath } from '../ring/shm.js';
-import { Ring, type ShmChannelOptions } from '../ring/transport.js';
+import { Ring, type ShmChannelOptions, type RingPeer } from '../ring/transport.js';
 import type { CurveKeys } from '../ring/zap.js';
 import { faultPointFromEnv } from './fault.js';
-import type { WorkerContext } from './job.js';
-import { loadJob } from './jobs.js';
-import { decodeControl, encodeControl, MAX_CONTROL_BYTES, PROTOCOL_VERSION, type CoordinatorMessage, type PeerEntry } from './protocol.js';
+import type { WorkerContext } from '../jobs/types.js';
+import { loadJob } from '../jobs/index.js';
+import { decodeControl, encodeControl, MAX_CONTROL_BYTES, PROTOCOL_VERSION, type CoordinatorMessage } from './protocol.js';
 
 /**
  * One worker process: joins the coordinator, opens its place in the ring, runs
@@ -59,7 +59,7 @@ function bindEndpoint(role: WorkerRole, endpoint = role.endpoint): string {
  * one: `auto` does without (saying why) where the addon lacks it or /dev/shm
  * cannot hold it; `shm` makes that the user's error.
  */
-function shmChannelFor(role: WorkerRole, next: PeerEntry, log: Logger): ShmChannelOptions | undefined {
+function shmChannelFor(role: WorkerRole, next: RingPeer, log: Logger): ShmChannelOptions | undefined {
   const t = role.spec.ring.transport;
   if (!shmLink(role, next)) return undefined;
   const warn = (why: string) => log.warn(`no shared-memory channel to rank ${next.rank} (${why}); its blocks go on ipc`);
@@ -73,18 +73,18 @@ function shmChannelFor(role: WorkerRole, next: PeerEntry, log: Logger): ShmChann
 }
 
 /** A link to `to` within this host: ipc when the spec allows it (anything but tcp). */
-function ipcLink(role: WorkerRole, to: PeerEntry): boolean {
+function ipcLink(role: WorkerRole, to: RingPeer): boolean {
   return to.host === role.host && role.spec.ring.transport !== 'tcp' && role.worldSize > 1;
 }
 
 /** A link to `to` within this host whose large blocks may go through a shared-memory channel. */
-function shmLink(role: WorkerRole, to: PeerEntry): boolean {
+function shmLink(role: WorkerRole, to: RingPeer): boolean {
   const t = role.spec.ring.transport;
   return to.host === role.host && role.worldSize > 1 && (t === 'auto' || t === 'shm');
 }
 
 /** Where a rank connects to reach `to`: its ipc socket on this host, else its tcp endpoint (of the reverse ring's port range for `reverse`). */
-function linkEndpoint(role: WorkerRole, to: PeerEntry, reverse = false): string {
+function linkEndpoint(role: WorkerRole, to: RingPeer, reverse = false): string {
   if (ipcLink(role, to)) return ipcPath(role.jobId, to.rank, reverse);
   return reverse ? reverseEndpoint(to.endpoint, role.worldSize) : to.endpoint;
 }
@@ -123,8 +123,8 @@ export async function runWorker(role: WorkerRole, log: Logger): Promise<void> {
 
   const inputs = new Map<string, Array<{ value: unknown; blobs: Payload[] }>>();
   const inputWaiters = new Map<string, Array<(x: { value: unknown; blobs: Payload[] }) => void>>();
-  let peersResolve: (p: PeerEntry[]) => void = () => undefined;
-  const peersP = new Promise<PeerEntry[]>((r) => (peersResolve = r));
+  let peersResolve: (p: RingPeer[]) => void = () => undefined;
+  const peersP = new Promise<RingPeer[]>((r) => (peersResolve = r));
   let byeResolve: () => void = () => undefined;
   const byeP = new Promise<void>((r) => (byeResolve = r));
   void (async () => {

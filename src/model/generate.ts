@@ -8,7 +8,8 @@ import { Rng } from '../tensor/random.js';
 import { headDimOf } from './params.js';
 import type { Engine } from '../engine/types.js';
 import { createModel } from './transformer.js';
-import type { AttentionOp, ModelConfig, Params } from './types.js';
+import type { AttentionOp } from '../attention/op.js';
+import type { ModelConfig, Params } from './types.js';
 
 /**
  * Exact causal attention of a shard against itself, in one process: the whole

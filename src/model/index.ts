@@ -1,5 +1,4 @@
-export type { AttentionOp, AttentionTensors, HostAttentionOp, ModelConfig, ParamSpec, Params, Shard } from './types.js';
-export { onHostArrays } from './host-attention.js';
+export type { ModelConfig, ParamSpec, Params, Shard } from './types.js';
 export { paramSpecs, initParams, paramView, paramCount, findSpec, headDimOf, checkModelConfig } from './params.js';
 export { ropeTable, type RopeTable } from './rope.js';
 export { createModel, type Model, type ModelOptions } from './transformer.js';

@@ -1,7 +1,8 @@
 import { slice, type Engine, type NormShape, type Tensor } from '../engine/types.js';
 import { findSpec, headDimOf, paramSpecs } from './params.js';
 import { ropeTable } from './rope.js';
-import type { AttentionOp, ModelConfig, Shard } from './types.js';
+import type { AttentionOp } from '../attention/op.js';
+import type { ModelConfig, Shard } from './types.js';
 
 /**
  * The decoder-only transformer on one rank's shard of the sequence, written

@@ -1,5 +1,6 @@
 import type { Tensor } from './frame.js';
 import type { Ring, Sendable } from './transport.js';
+import { mod } from './mod.js';
 
 /**
  * Collectives built on the ring's two links, each one ring op (its phase is
@@ -22,7 +23,6 @@ function chunkBounds(length: number, n: number, i: number): [number, number] {
   return [Math.floor((i * length) / n), Math.floor(((i + 1) * length) / n)];
 }
 
-const mod = (a: number, n: number) => ((a % n) + n) % n;
 
 function addInto(dst: Float32Array, src: Float32Array): void {
   for (let i = 0, m = dst.length; i < m; i++) dst[i] += src[i];
@@ -58,7 +58,7 @@ export interface AllReduceOptions {
   segmentBytes?: number;
   /** Sum into `x` itself instead of a copy: no allocation of the array's size. */
   inPlace?: boolean;
-  /** dst[i] += src[i]; the native addon's (engine/addon.ts loadSumInto) where the caller has it. Same bits either way. */
+  /** dst[i] += src[i]; the native addon's (src/addon loadSumInto) where the caller has it. Same bits either way. */
   add?: (dst: Float32Array, src: Float32Array) => void;
 }
 

@@ -1,5 +1,5 @@
 import { unlinkSync } from 'node:fs';
-import { loadAddon, loadShmNative } from '../engine/addon.js';
+import { loadAddon } from '../addon/index.js';
 
 /**
  * A same-host byte channel from one rank to its neighbour through a file in
@@ -47,6 +47,13 @@ export interface ShmNative {
   shmPut(h: ShmHandle, views: ArrayBufferView[]): ShmDescriptor | null;
   shmTake(h: ShmHandle, offset: number, bytes: number, end: number, views: ArrayBufferView[]): void;
   shmClose(h: ShmHandle): void;
+}
+
+/** The addon's shared-memory channel (native/shm.cc, Linux only), or null where the addon or the platform lacks it. */
+function loadShmNative(): ShmNative | null {
+  const { addon } = loadAddon<Partial<ShmNative>>();
+  const names: (keyof ShmNative)[] = ['shmCreate', 'shmOpen', 'shmCapacity', 'shmFree', 'shmPut', 'shmTake', 'shmClose'];
+  return addon && names.every((n) => typeof addon[n] === 'function') ? (addon as ShmNative) : null;
 }
 
 /** True where the channel can be used: Linux, and an addon built with native/shm.cc. */

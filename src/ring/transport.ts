@@ -1,6 +1,6 @@
 import { rmSync } from 'node:fs';
 import * as zmq from 'zeromq';
-import { loadAddon } from '../engine/addon.js';
+import { loadAddon } from '../addon/index.js';
 import { byteLengthOf, decodeHeader, encodeHeader, tensorDType, FrameError, payloadFromFrame, type DType, type FrameHeader, type FramePart, type Payload, type Tensor } from './frame.js';
 import { SHM_BLOCKS, SHM_MIN_BYTES, ShmReader, ShmWriter, type ShmDescriptor } from './shm.js';
 import { guardServer, type CurveKeys, type ServerGuard } from './zap.js';

@@ -1,4 +1,5 @@
 import type { Tensor } from './frame.js';
+import { loadAddon } from '../addon/index.js';
 
 /**
  * The number format KV blocks travel the ring in (`ring.wire`). float32 is
@@ -54,7 +55,7 @@ function f16ToFloat(h: number): number {
 }
 
 /**
- * The same conversions in the native addon (engine/addon.ts loadWireNative), bit for bit
+ * The same conversions in the native addon (loadWireNative below), bit for bit
  * (test/data-plane.test.ts): element-by-element JavaScript is slower than the loopback link itself.
  * Format 0 is bfloat16, 1 float16.
  */
@@ -104,4 +105,10 @@ export function roundTrip(x: number, format: WireFormat): number {
   if (format === 'float32') return f32[0];
   const t = toWire(f32, format);
   return fromWire(t)[0];
+}
+
+/** The addon's 16-bit wire conversions (the same bits as the functions above), or null where the addon is absent. */
+export function loadWireNative(): WireNative | null {
+  const { addon } = loadAddon<Partial<WireNative>>();
+  return typeof addon?.toWire === 'function' && typeof addon.fromWire === 'function' ? (addon as WireNative) : null;
 }

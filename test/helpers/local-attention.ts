@@ -1,8 +1,9 @@
 import { rowDelta } from '../../src/kernels/merge.js';
 import { referenceKernel } from '../../src/kernels/reference.js';
 import type { BlockArgs } from '../../src/kernels/types.js';
-import { onHostArrays } from '../../src/model/host-attention.js';
-import type { AttentionOp, ModelConfig } from '../../src/model/types.js';
+import { onHostArrays } from '../../src/attention/op.js';
+import type { AttentionOp } from '../../src/attention/op.js';
+import type { ModelConfig } from '../../src/model/types.js';
 
 /**
  * A stand-in for ring attention with no network: N ranks in one process, each

@@ -1,8 +1,8 @@
 import { rowDelta } from '../../src/kernels/merge.js';
 import { referenceKernel } from '../../src/kernels/reference.js';
 import type { BlockArgs } from '../../src/kernels/types.js';
-import { onHostArrays } from '../../src/model/host-attention.js';
-import type { AttentionOp } from '../../src/model/types.js';
+import { onHostArrays } from '../../src/attention/op.js';
+import type { AttentionOp } from '../../src/attention/op.js';
 import type { TrainRing } from '../../src/train/loop.js';
 
 /**

@@ -1,10 +1,10 @@
-import type { JobDefinition } from '../launch/job.js';
+import type { JobDefinition } from './types.js';
 import { referenceKernel } from '../kernels/reference.js';
 import { resolveLayout } from '../train/loop.js';
 import { resolveCheckpoint } from '../train/checkpoint.js';
-import { workerCompute } from '../train/job.js';
-import { generate, type GenerateResult } from './generate.js';
-import { paramSpecs } from './params.js';
+import { workerCompute } from '../engine/compute.js';
+import { generate, type GenerateResult } from '../model/generate.js';
+import { paramSpecs } from '../model/params.js';
 
 /**
  * `ringattn generate` on a ring: the driver reads the checkpoint and hands

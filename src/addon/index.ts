@@ -1,8 +1,6 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import type { ShmNative } from '../ring/shm.js';
-import type { WireNative } from '../ring/wire.js';
 
 /**
  * The one place that loads the native addon (native/, built by
@@ -88,17 +86,4 @@ export function loadGemm(): { gemm?: GemmAddon; reason?: string } {
 export function loadSumInto(): ((dst: Float32Array, src: Float32Array) => void) | null {
   const { addon } = loadAddon<{ sumInto?: (dst: Float32Array, src: Float32Array) => void }>();
   return typeof addon?.sumInto === 'function' ? addon.sumInto : null;
-}
-
-/** The addon's 16-bit wire conversions (the same bits as src/ring/wire.ts's), or null where the addon is absent. */
-export function loadWireNative(): WireNative | null {
-  const { addon } = loadAddon<Partial<WireNative>>();
-  return typeof addon?.toWire === 'function' && typeof addon.fromWire === 'function' ? (addon as WireNative) : null;
-}
-
-/** The addon's shared-memory channel (native/shm.cc, Linux only), or null where the addon or the platform lacks it. */
-export function loadShmNative(): ShmNative | null {
-  const { addon } = loadAddon<Partial<ShmNative>>();
-  const names: (keyof ShmNative)[] = ['shmCreate', 'shmOpen', 'shmCapacity', 'shmFree', 'shmPut', 'shmTake', 'shmClose'];
-  return addon && names.every((n) => typeof addon[n] === 'function') ? (addon as ShmNative) : null;
 }

@@ -1,72 +1,10 @@
-import { loadSumInto } from '../engine/addon.js';
-import { loadTunedKernel, measuredGemmGflops } from '../engine/tuning.js';
-import { shardPositions } from '../attention/layout.js';
-import { newRingStepStats, ringAttentionOp } from '../attention/ring-attention.js';
-import { slotGpu, workerThreads, type ClusterSpec } from '../config/index.js';
-import { loadEngine, type Engine, type EngineName } from '../engine/index.js';
-import type { AttentionKernel } from '../kernels/types.js';
-import type { Ring } from '../ring/transport.js';
-import type { JobDefinition } from '../launch/job.js';
-import { allReduceSum } from '../ring/collectives.js';
-import { selectBackend, tfjsWant } from '../tensor/backend.js';
-import { resolveLayout, train, type TrainResult, type TrainRing } from './loop.js';
-import { RANKS_FILE, rankStepRecord, StepLog, type RankStepRecord, type StepMetrics } from './metrics.js';
-import { Progress } from './progress.js';
-
-/** What the training loop needs from the ring: the gradient all-reduce and ring attention for this rank's shard. */
-export function trainRingOn(ring: Ring, spec: ClusterSpec, kernel: AttentionKernel | null, reverse: Ring | null = null): TrainRing {
-  const layout = resolveLayout(spec.attention);
-  const stats = newRingStepStats();
-  const sumInto = loadSumInto() ?? undefined;
-  let commMs = 0;
-  return {
-    rank: ring.rank,
-    worldSize: ring.worldSize,
-    async allReduceSum(x) {
-      const t0 = performance.now();
-      const out = await allReduceSum(ring, x, { tag: 'grads', inPlace: true, add: sumInto });
-      commMs += performance.now() - t0;
-      return out;
-    },
-    startStep: (step) => ring.setStep(step),
-    // scope local: the same loop on a ring of one, over this rank's own block only.
-    attention: (positions, seqLen) =>
-      ringAttentionOp({
-        ring: spec.attention.scope === 'local' ? null : ring,
-        reverse: spec.attention.scope === 'local' ? null : reverse,
-        kernel: kernel ?? undefined,
-        causal: spec.attention.causal,
-        window: spec.attention.window,
-        heads: spec.model.heads,
-        kvHeads: spec.model.kvHeads,
-        headDim: spec.model.dModel / spec.model.heads,
-        overlap: spec.attention.overlap,
-        wire: spec.ring.wire,
-        positionsOf: spec.attention.scope === 'local' ? () => positions : (r) => shardPositions(layout, seqLen, ring.worldSize, r),
-        stats,
-      }),
-    timings: () => ({ computeMs: stats.computeMs, commMs, waitMs: stats.waitMs }),
-  };
-}
-
-export interface WorkerCompute {
-  engine: Engine;
-  engineReason: string;
-  /** The host kernel ring attention calls; null when the engine has its own attention. */
-  kernel: AttentionKernel | null;
-  kernelReason: string;
-  threads: number;
-}
-
-/** What a worker computes with: the spec's engine and tuned attention kernel, on its share of the host's threads. */
-export async function workerCompute(spec: ClusterSpec, rank: number): Promise<WorkerCompute> {
-  const threads = workerThreads(spec, rank);
-  const { engine, reason: engineReason } = await loadEngine(spec.engine as EngineName, { threads, backend: spec.backend, gpu: slotGpu(spec, rank) });
-  if (engine.attention) return { engine, engineReason, kernel: null, kernelReason: `on the ${engine.name} engine`, threads };
-  if (spec.kernel === 'tfjs' || engine.name === 'tfjs') await selectBackend(tfjsWant(spec.backend));
-  const { kernel, reason } = await loadTunedKernel(spec, { heads: spec.model.heads, kvHeads: spec.model.kvHeads, headDim: spec.model.dModel / spec.model.heads, threads });
-  return { engine, engineReason, kernel, kernelReason: reason, threads };
-}
+import { measuredGemmGflops } from '../engine/tuning.js';
+import { workerCompute } from '../engine/compute.js';
+import { train, type TrainResult } from '../train/loop.js';
+import { RANKS_FILE, rankStepRecord, StepLog, type RankStepRecord, type StepMetrics } from '../train/metrics.js';
+import { Progress } from '../train/progress.js';
+import { trainRingOn } from '../train/ring.js';
+import type { JobDefinition } from './types.js';
 
 /** What every rank sends the driver after each update: its step metrics and its resident memory. */
 type RankStepReport = StepMetrics & { rssBytes: number };

@@ -1,15 +1,19 @@
 import type { Logger } from 'pino';
 import type { ClusterSpec } from '../config/index.js';
 import type { Payload } from '../ring/frame.js';
-import type { Ring } from '../ring/transport.js';
-import type { FaultPoint } from './fault.js';
-import type { PeerEntry } from './protocol.js';
+import type { Ring, RingPeer } from '../ring/transport.js';
 
 /**
  * A job is what a ring of workers runs: train, bench, attn, doctor. Each has a
  * worker side (runs on every rank, SPMD, with the ring open) and optionally a
  * driver side (runs in the coordinator: sends inputs, gathers results).
  */
+
+/** The phases at which RINGATTN_FAULT (src/launch/fault.ts) can strike a job. */
+export const FAULT_PHASES = ['forward', 'backward', 'allreduce', 'checkpoint'] as const;
+export type FaultPhase = (typeof FAULT_PHASES)[number];
+/** The testing hook a job calls at its phases, with the 1-based update. */
+export type FaultPoint = (phase: FaultPhase, step: number) => void;
 
 /** What a worker sees while running a job. */
 export interface WorkerContext {
@@ -21,7 +25,7 @@ export interface WorkerContext {
   ring: Ring;
   /** The same ranks linked the other way (each to its predecessor), opened when the spec has attention.window. */
   reverse: Ring | null;
-  peers: PeerEntry[];
+  peers: RingPeer[];
   runDir: string;
   args: Record<string, unknown>;
   log: Logger;
@@ -39,7 +43,7 @@ export interface WorkerContext {
 export interface DriverContext {
   spec: ClusterSpec;
   worldSize: number;
-  peers: PeerEntry[];
+  peers: RingPeer[];
   runDir: string;
   args: Record<string, unknown>;
   send(rank: number, name: string, value: unknown, blobs?: Payload[]): Promise<void>;

@@ -1,5 +1,5 @@
 import { allReduceSum, barrier, broadcast } from '../ring/collectives.js';
-import type { JobDefinition } from './job.js';
+import type { JobDefinition } from './types.js';
 
 /**
  * A self-check of the ring: all-reduce, broadcast and barrier with known

@@ -1,11 +1,12 @@
 import { shardPositions } from '../attention/layout.js';
 import type { ClusterSpec } from '../config/index.js';
-import type { JobDefinition } from '../launch/job.js';
+import type { JobDefinition } from './types.js';
 import { createModel } from '../model/index.js';
-import { resolveCheckpoint } from './checkpoint.js';
-import { createDataSource } from './data.js';
-import { trainRingOn, workerCompute } from './job.js';
-import { evaluate, resolveLayout, type EvalResult } from './loop.js';
+import { resolveCheckpoint } from '../train/checkpoint.js';
+import { createDataSource } from '../train/data.js';
+import { workerCompute } from '../engine/compute.js';
+import { trainRingOn } from '../train/ring.js';
+import { evaluate, resolveLayout, type EvalResult } from '../train/loop.js';
 
 /**
  * `ringattn eval`: a checkpoint's held-out accuracy, computed on the ring the

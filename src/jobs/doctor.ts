@@ -3,12 +3,12 @@ import { totalmem } from 'node:os';
 import { loadKernel, type KernelName } from '../kernels/index.js';
 import { allReduceSum, barrier, ringPass } from '../ring/collectives.js';
 import { randn } from '../tensor/random.js';
-import { loadSumInto } from '../engine/addon.js';
+import { loadSumInto } from '../addon/index.js';
 import { tunedGemm, tunedTiles, tuningFilePath } from '../engine/tuning.js';
 import { loadEngine, type EngineName } from '../engine/index.js';
 import { describeBackends, selectBackend, tfjsWant } from '../tensor/backend.js';
 import type { AdapterInfo } from '../engine/webgpu/device.js';
-import type { JobDefinition } from './job.js';
+import type { JobDefinition } from './types.js';
 
 /**
  * `ringattn doctor`: what each worker can use, and how fast the ring really is,

@@ -5,11 +5,11 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, renameSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../errors.js';
-import type { JobDefinition } from '../launch/job.js';
+import type { JobDefinition } from './types.js';
 import { readNpyAs, writeNpy } from '../tensor/npy.js';
 import { selectBackend, tfjsWant } from '../tensor/backend.js';
-import { checkLayout, defaultLayout, gatherShard, LAYOUTS, scatterShard, shardPositions, type Layout } from './layout.js';
-import { ringAttentionBackward, ringAttentionForward, ringAttentionOp, type RingConfig } from './ring-attention.js';
+import { checkLayout, defaultLayout, gatherShard, LAYOUTS, scatterShard, shardPositions, type Layout } from '../attention/layout.js';
+import { ringAttentionBackward, ringAttentionForward, ringAttentionOp, type RingConfig } from '../attention/ring-attention.js';
 
 /**
  * `ringattn attn`: ring attention on user arrays (.npy, [seq, heads, dim]), so

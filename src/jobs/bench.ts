@@ -13,18 +13,19 @@ import { UserError } from '../errors.js';
 import { isFullyMasked } from '../kernels/mask.js';
 import { rowDelta } from '../kernels/merge.js';
 import type { BlockArgs, BlockPartial } from '../kernels/types.js';
-import type { DriverContext, JobDefinition, WorkerContext } from '../launch/job.js';
+import type { DriverContext, JobDefinition, WorkerContext } from './types.js';
 import { allReduceSum, barrier, ringPass } from '../ring/collectives.js';
 import type { Ring } from '../ring/transport.js';
 import { selectBackend, tfjsWant } from '../tensor/backend.js';
 import { deriveSeed } from '../tensor/random.js';
-import { calibrateKernel, estimateKernelMs, fillUnitUniform } from './calibrate.js';
-import { MeteredKernel } from './metered-kernel.js';
-import { parseBenchArgs, type BenchParams } from './params.js';
-import { benchPlan, checkHostFit, checkMessageSize, hostFit, memoryPlan } from './plan.js';
-import { buildReport, formatReport, formatSetup, type BenchReport } from './report.js';
-import type { IterationRaw, PhaseRaw, RankResult, RankSetup } from './types.js';
-import { chosenEntries, mod, queryTiles, sortedCopy, spreadTiles, stepOwner, tileEntries, tileRows } from './work.js';
+import { calibrateKernel, estimateKernelMs, fillUnitUniform } from '../bench/calibrate.js';
+import { MeteredKernel } from '../bench/metered-kernel.js';
+import { parseBenchArgs, type BenchParams } from '../bench/params.js';
+import { benchPlan, checkHostFit, checkMessageSize, hostFit, memoryPlan } from '../bench/plan.js';
+import { buildReport, formatReport, formatSetup, type BenchReport } from '../bench/report.js';
+import type { IterationRaw, PhaseRaw, RankResult, RankSetup } from '../bench/types.js';
+import { mod } from '../ring/mod.js';
+import { chosenEntries, queryTiles, sortedCopy, spreadTiles, stepOwner, tileEntries, tileRows } from '../bench/work.js';
 
 /**
  * `ringattn bench`: real ring attention on the job's ring, measured.
