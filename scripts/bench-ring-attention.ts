@@ -20,7 +20,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { formatSize, parseSize } from '../src/config/index.js';
-import { formatBytes } from '../src/bench/plan.js';
+import { formatBytes } from '../src/bench/budget.js';
 import { formatCount, formatMs, type BenchReport, type Figure } from '../src/bench/report.js';
 import type { SweepRow } from '../src/bench/sweep.js';
 

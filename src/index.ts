@@ -2,7 +2,7 @@
 export { UserError } from './errors.js';
 export { loadSpec, parseSpec, specFromObject, rankTable, worldSize, parseSize, type ClusterSpec } from './config/index.js';
 export type { AttentionKernel, BlockArgs, BlockPartial, BlockGrads, BlockGradArgs, AttentionDims } from './kernels/types.js';
-export { loadKernel, referenceKernel, fullAttentionReference, mergePartial, emptyPartial, rowDelta } from './kernels/index.js';
+export { loadKernel, referenceKernel, mergePartial, emptyPartial, rowDelta } from './kernels/index.js';
 export { Ring, RingError, type RingOptions, type RingPeer } from './ring/transport.js';
 export { allReduceSum, barrier, broadcast, ringPass } from './ring/collectives.js';
 export { onHostArrays, type AttentionOp, type AttentionTensors, type HostAttentionOp } from './attention/op.js';

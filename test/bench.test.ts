@@ -7,7 +7,7 @@ import pino from 'pino';
 import { LAYOUTS, shardPositions, type Layout } from '../src/attention/layout.js';
 import { benchJob } from '../src/jobs/bench.js';
 import { benchArgs, BENCH_SHAPE_DEFAULTS, type BenchParams } from '../src/bench/params.js';
-import { benchPlan, hostFit, memoryPlan } from '../src/bench/plan.js';
+import { benchBudget, hostFit, memoryBudget } from '../src/bench/budget.js';
 import { formatReport, type BenchReport, type Figures } from '../src/bench/report.js';
 import { parseSweep, renderSweepChart, sweepRow } from '../src/bench/sweep.js';
 import { benchCommand } from '../src/cli/bench.js';
@@ -260,10 +260,10 @@ test('memory that does not fit the host is refused before anything is allocated'
 
 test('the default bench shape fits 8M tokens on two workers of a 24 GiB host, frames under 1 GiB', () => {
   const p = params(2, { seqLen: 8 * 2 ** 20, ...BENCH_SHAPE_DEFAULTS, layout: 'zigzag' });
-  const mem = memoryPlan(p);
+  const mem = memoryBudget(p);
   assert.ok(mem.frameBytes < 2 ** 30);
   assert.ok(hostFit('h', 2, 24 * 2 ** 30, mem.memory.perWorkerBytes).fits);
-  const plan = benchPlan(p);
+  const plan = benchBudget(p);
   assert.equal(plan.entries.total, (p.seqLen * (p.seqLen + 1)) / 2);
   assert.deepEqual(plan.hopsPerRank, { forward: 1, backward: 0 });
 });

@@ -14,7 +14,8 @@ import { createWebGPUAttention, planBackward, planForward, type Geometry } from 
 import { openGpu, type OpenedGpu } from '../src/engine/webgpu/device.js';
 import { createGpuContext, type GpuBinding, type GpuContext } from '../src/engine/webgpu/gpu.js';
 import { rowDelta } from '../src/kernels/merge.js';
-import { fullAttentionReference, referenceKernel } from '../src/kernels/reference.js';
+import { referenceKernel } from '../src/kernels/reference.js';
+import { fullAttentionReference } from './oracles/full-attention.js';
 import type { BlockArgs } from '../src/kernels/types.js';
 import { randn } from '../src/tensor/random.js';
 import { gatherRows, packedSegments, range, relErr } from './helpers/attention.js';

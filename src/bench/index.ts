@@ -1,7 +1,7 @@
 export { benchArgs, parseBenchArgs, checkParams, BENCH_SHAPE_DEFAULTS, DEFAULT_SEED, type BenchParams } from './params.js';
 export {
-  benchPlan,
-  memoryPlan,
+  benchBudget,
+  memoryBudget,
   ringBuffers,
   hostFit,
   checkHostFit,
@@ -9,11 +9,11 @@ export {
   formatBytes,
   HOST_MEMORY_FRACTION,
   RUNTIME_ALLOWANCE_BYTES,
-  type BenchPlan,
+  type BenchBudget,
   type BufferItem,
   type HostFit,
-} from './plan.js';
-export { buildReport, formatReport, formatPlan, formatSetup, type BenchReport, type Figure, type Figures, type Basis, type RankReport } from './report.js';
+} from './budget.js';
+export { buildReport, formatReport, formatBudget, formatSetup, type BenchReport, type Figure, type Figures, type Basis, type RankReport } from './report.js';
 export { calibrateKernel, estimateKernelMs, fillUnitUniform, type Calibration } from './calibrate.js';
 export { MeteredKernel } from './metered-kernel.js';
 export { parseSweep, sweepRow, formatSweep, renderSweepChart, writeSweep, type Sweep, type SweepRow, type SweepVariable } from './sweep.js';

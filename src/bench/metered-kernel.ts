@@ -1,5 +1,6 @@
 import { isFullyMasked } from '../kernels/mask.js';
 import type { AttentionKernel, BlockArgs, BlockGradArgs, BlockGrads, BlockPartial } from '../kernels/types.js';
+import { gatherShard } from '../attention/layout.js';
 
 /**
  * Wraps the real kernel for the bench: times every call by ring step (the
@@ -56,7 +57,7 @@ export class MeteredKernel implements AttentionKernel {
     const rows = this.opts.rows!;
     let q = this.subQ.get(a.q);
     if (!q) {
-      q = gatherRows(a.q, rows, a.heads * a.headDim);
+      q = gatherShard(a.q, rows, a.heads * a.headDim);
       this.subQ.set(a.q, q);
     }
     return { ...a, qLen: rows.length, q, qPos: this.subPos!, qSeg: a.qSeg ? Int32Array.from(rows, (r) => a.qSeg![r]) : undefined };
@@ -103,7 +104,7 @@ export class MeteredKernel implements AttentionKernel {
     if (isFullyMasked(sub)) return;
     let sg = this.subRows.get(g.dO);
     if (!sg) {
-      sg = { dO: gatherRows(g.dO, rows, w), lse: gatherHeadRows(g.lse, rows, H, qLen), delta: gatherHeadRows(g.delta, rows, H, qLen) };
+      sg = { dO: gatherShard(g.dO, rows, w), lse: gatherHeadRows(g.lse, rows, H, qLen), delta: gatherHeadRows(g.delta, rows, H, qLen) };
       this.subRows.set(g.dO, sg);
     }
     const dq = new Float32Array(rows.length * w);
@@ -113,13 +114,6 @@ export class MeteredKernel implements AttentionKernel {
       for (let x = 0; x < w; x++) acc.dq[base + x] += dq[s * w + x];
     }
   }
-}
-
-/** Rows `rows` of a row-major [n, width] array. */
-export function gatherRows(x: Float32Array, rows: Int32Array, width: number): Float32Array {
-  const out = new Float32Array(rows.length * width);
-  for (let s = 0; s < rows.length; s++) out.set(x.subarray(rows[s] * width, (rows[s] + 1) * width), s * width);
-  return out;
 }
 
 /** Rows `rows` of a head-major [heads, n] array (lse, delta). */

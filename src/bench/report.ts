@@ -2,7 +2,7 @@ import { formatSize } from '../config/index.js';
 import type { Calibration } from './calibrate.js';
 import { estimateKernelMs } from './calibrate.js';
 import type { BenchParams } from './params.js';
-import { formatBytes, type BenchPlan, type HostFit } from './plan.js';
+import { formatBytes, type BenchBudget, type HostFit } from './budget.js';
 import type { IterationRaw, PhaseRaw, RankResult, RankSetup } from './types.js';
 import { backwardFlopsPerEntry, forwardFlopsPerEntry } from './work.js';
 
@@ -72,7 +72,7 @@ export interface BenchReport {
   spec: { name: string; kernel: string; tileQ: number; tileKV: number; threads: number; maxMessageBytes: number };
   kernel: string;
   kernelReason: string;
-  plan: BenchPlan;
+  plan: BenchBudget;
   mode: 'full' | 'time-limited';
   /** Allowed score entries computed / all allowed entries of the work (1 in a full run). */
   measuredFraction: number;
@@ -196,7 +196,7 @@ function rankModel(p: BenchParams, r: RankResult): RankModel {
   };
 }
 
-function rankFigures(p: BenchParams, plan: BenchPlan, r: RankResult, m: RankModel): Figures {
+function rankFigures(p: BenchParams, plan: BenchBudget, r: RankResult, m: RankModel): Figures {
   const b: Basis = r.mode === 'full' ? 'measured' : 'projected';
   const transferTotal = m.transferMs === null ? null : m.transferMs * m.hops;
   return {
@@ -219,7 +219,7 @@ function rankFigures(p: BenchParams, plan: BenchPlan, r: RankResult, m: RankMode
   };
 }
 
-function ringFigures(p: BenchParams, plan: BenchPlan, results: RankResult[], models: RankModel[]): Figures {
+function ringFigures(p: BenchParams, plan: BenchBudget, results: RankResult[], models: RankModel[]): Figures {
   const b: Basis = results.some((r) => r.mode !== 'full') ? 'projected' : 'measured';
   const wall = Math.max(...models.map((m) => m.wallMs));
   const pure = Math.max(...models.map((m) => m.pureMs));
@@ -250,7 +250,7 @@ function ringFigures(p: BenchParams, plan: BenchPlan, results: RankResult[], mod
 
 export function buildReport(input: {
   params: BenchParams;
-  plan: BenchPlan;
+  plan: BenchBudget;
   spec: BenchReport['spec'];
   setups: RankSetup[];
   results: RankResult[];
@@ -410,9 +410,9 @@ export function formatSetup(p: BenchParams, setups: RankSetup[]): string[] {
 }
 
 /** The plan printed before a run starts. */
-export function formatPlan(
+export function formatBudget(
   p: BenchParams,
-  plan: BenchPlan,
+  plan: BenchBudget,
   extra: { kernel?: string; calibration?: Calibration; fits?: HostFit[]; maxMessageBytes?: number; timeLimitS: number },
 ): string {
   const lines: string[] = [];

@@ -2,7 +2,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { formatSize, parseSize } from '../config/index.js';
 import { UserError } from '../errors.js';
-import { formatBytes } from './plan.js';
+import { formatBytes } from './budget.js';
 import { formatCount, formatMs, type BenchReport, type Figure } from './report.js';
 
 /**

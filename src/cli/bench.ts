@@ -6,8 +6,8 @@ import path from 'node:path';
 import { defaultLayout, LAYOUTS, type Layout } from '../attention/layout.js';
 import { calibrateKernel, type Calibration } from '../bench/calibrate.js';
 import { benchArgs, BENCH_SHAPE_DEFAULTS, checkParams, DEFAULT_SEED, type BenchParams } from '../bench/params.js';
-import { benchPlan, checkHostFit, checkMessageSize, formatBytes, hostFit, memoryPlan, type BenchPlan, type HostFit } from '../bench/plan.js';
-import { formatPlan, type BenchReport } from '../bench/report.js';
+import { benchBudget, checkHostFit, checkMessageSize, formatBytes, hostFit, memoryBudget, type BenchBudget, type HostFit } from '../bench/budget.js';
+import { formatBudget, type BenchReport } from '../bench/report.js';
 import { formatSweep, parseSweep, sweepRow, writeSweep, type SweepRow } from '../bench/sweep.js';
 import { formatSize, parseSize, resolvedLaunch, specFromObject, workerThreads, worldSize, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
@@ -94,7 +94,7 @@ function resolveParams(spec: ClusterSpec, o: BenchOptions, seqLenOverride?: numb
  * the hosts that are this machine), checked before the plan counts the work.
  */
 function precheck(spec: ClusterSpec, p: BenchParams): HostFit[] {
-  const mem = memoryPlan(p);
+  const mem = memoryBudget(p);
   checkMessageSize(mem, p.workers, spec.ring.maxMessageBytes);
   // Remote hosts check themselves before they allocate; this machine is known here.
   const fits = spec.hosts.filter((h) => resolvedLaunch(h) === 'local').map((h) => hostFit(h.name, h.slots, os.totalmem(), mem.memory.perWorkerBytes));
@@ -130,9 +130,9 @@ async function runOne(o: BenchOptions, out: (line: string) => void): Promise<voi
   refuseWebgpu(spec);
   const p = resolveParams(spec, o);
   const fits = precheck(spec, p);
-  const plan = benchPlan(p);
+  const plan = benchBudget(p);
   const { kernel, calibration } = await calibrateHere(spec, p, plan.shardLen);
-  for (const line of formatPlan(p, plan, { kernel, calibration, fits, maxMessageBytes: spec.ring.maxMessageBytes, timeLimitS: p.timeLimitS }).split('\n')) out(line);
+  for (const line of formatBudget(p, plan, { kernel, calibration, fits, maxMessageBytes: spec.ring.maxMessageBytes, timeLimitS: p.timeLimitS }).split('\n')) out(line);
   const { runDir, value } = await runJob(spec, { kind: 'bench', args: benchArgs(p) }, { quiet: !o.verbose, print: out, runDir: o.out ? path.resolve(o.out) : undefined });
   const report = value as BenchReport;
   const file = path.join(runDir, REPORT_FILE);
@@ -162,10 +162,10 @@ async function runSweep(o: BenchOptions, out: (line: string) => void): Promise<v
       const spec = specOf(value);
       const p = resolveParams(spec, o, sweep.variable === 'seq-len' ? value : undefined);
       const fits = precheck(spec, p);
-      const plan = benchPlan(p);
+      const plan = benchBudget(p);
       cal ??= await calibrateHere(spec, p, plan.shardLen);
       out(`--- ${label}`);
-      for (const line of formatPlan(p, plan, { ...cal, fits, maxMessageBytes: spec.ring.maxMessageBytes, timeLimitS: p.timeLimitS }).split('\n')) out(line);
+      for (const line of formatBudget(p, plan, { ...cal, fits, maxMessageBytes: spec.ring.maxMessageBytes, timeLimitS: p.timeLimitS }).split('\n')) out(line);
       const { runDir, value: report } = await runJob(spec, { kind: 'bench', args: benchArgs(p) }, { quiet: !o.verbose, print: out, runDir: path.join(outDir, label) });
       writeFileSync(path.join(runDir, REPORT_FILE), JSON.stringify(report, null, 2) + '\n');
       rows.push(sweepRow(sweep.variable, value, report as BenchReport, runDir));

@@ -21,7 +21,7 @@ import { deriveSeed } from '../tensor/random.js';
 import { calibrateKernel, estimateKernelMs, fillUnitUniform } from '../bench/calibrate.js';
 import { MeteredKernel } from '../bench/metered-kernel.js';
 import { parseBenchArgs, type BenchParams } from '../bench/params.js';
-import { benchPlan, checkHostFit, checkMessageSize, hostFit, memoryPlan } from '../bench/plan.js';
+import { benchBudget, checkHostFit, checkMessageSize, hostFit, memoryBudget } from '../bench/budget.js';
 import { buildReport, formatReport, formatSetup, type BenchReport } from '../bench/report.js';
 import type { IterationRaw, PhaseRaw, RankResult, RankSetup } from '../bench/types.js';
 import { mod } from '../ring/mod.js';
@@ -109,7 +109,7 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
   const { rank, worldSize: n, spec } = ctx;
   if (p.workers !== n) throw new UserError(`bench: resolved for ${p.workers} worker(s), but the ring has ${n}`);
   const { heads: H, kvHeads: G, headDim: D } = p;
-  const mem = memoryPlan(p);
+  const mem = memoryBudget(p);
   const s = mem.shardLen;
   checkMessageSize(mem, n, spec.ring.maxMessageBytes);
   const workersOnHost = Math.max(1, ctx.peers.filter((x) => x.host === ctx.host).length);
@@ -327,7 +327,7 @@ async function benchWorker(ctx: WorkerContext): Promise<void> {
 
 async function benchDriver(ctx: DriverContext): Promise<BenchReport> {
   const p: BenchParams = parseBenchArgs(ctx.args);
-  const plan = benchPlan(p);
+  const plan = benchBudget(p);
   const setups: RankSetup[] = [];
   for (let r = 0; r < ctx.worldSize; r++) setups.push((await ctx.result(r, 'setup')).value as RankSetup);
   if (!p.json) for (const line of formatSetup(p, setups)) ctx.print(line);

@@ -5,7 +5,7 @@ import type { AttentionKernel } from './types.js';
 export type * from './types.js';
 export { mergePartial, emptyPartial, rowDelta } from './merge.js';
 export { isFullyMasked, isFullyAllowed, canAttend, classifyTile, type MaskArgs, type TileKind } from './mask.js';
-export { referenceKernel, fullAttentionReference, type FullAttentionArgs, type FullAttentionResult } from './reference.js';
+export { referenceKernel } from './reference.js';
 
 /**
  * Kernel selection (`kernel:` in the spec):

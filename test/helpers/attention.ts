@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { Rng, randn } from '../../src/tensor/random.js';
-export { fullAttentionReference } from '../../src/kernels/reference.js';
+export { fullAttentionReference } from '../oracles/full-attention.js';
 
 export interface Problem {
   seqLen: number;

@@ -60,7 +60,7 @@ export function ringBuffers(p: Pick<BenchParams, 'heads' | 'kvHeads' | 'headDim'
   return items;
 }
 
-export interface BenchPlan {
+export interface BenchBudget {
   seqLen: number;
   workers: number;
   shardLen: number;
@@ -83,7 +83,7 @@ export interface BenchPlan {
 }
 
 /** The cheap part of the plan: sizes and memory, no counting of entries. */
-export function memoryPlan(p: BenchParams): Pick<BenchPlan, 'shardLen' | 'bytesPerHop' | 'frameBytes' | 'memory'> {
+export function memoryBudget(p: BenchParams): Pick<BenchBudget, 'shardLen' | 'bytesPerHop' | 'frameBytes' | 'memory'> {
   const shardLen = p.seqLen / p.workers;
   const frameBytes = shardLen * p.kvHeads * p.headDim * F32;
   const items = ringBuffers(p, shardLen, p.workers);
@@ -99,9 +99,9 @@ export function memoryPlan(p: BenchParams): Pick<BenchPlan, 'shardLen' | 'bytesP
   };
 }
 
-export function benchPlan(p: BenchParams): BenchPlan {
+export function benchBudget(p: BenchParams): BenchBudget {
   const n = p.workers;
-  const mem = memoryPlan(p);
+  const mem = memoryBudget(p);
   const perRankSteps = ringEntries(p.layout, p.seqLen, n, p.causal, p.window);
   const perRank = perRankSteps.map((steps) => steps.reduce((a, b) => a + b, 0));
   const total = perRank.reduce((a, b) => a + b, 0);
@@ -149,7 +149,7 @@ export function formatBytes(b: number): string {
 }
 
 /** A ZeroMQ frame larger than maxMessageBytes makes the receiver drop the link: refuse it up front. */
-export function checkMessageSize(plan: Pick<BenchPlan, 'shardLen' | 'frameBytes'>, workers: number, maxMessageBytes: number): void {
+export function checkMessageSize(plan: Pick<BenchBudget, 'shardLen' | 'frameBytes'>, workers: number, maxMessageBytes: number): void {
   if (workers > 1 && plan.frameBytes > maxMessageBytes) {
     throw new UserError(
       `a KV block of ${formatSize(plan.shardLen)} tokens per worker is sent as frames of ${formatBytes(plan.frameBytes)} ` +
