@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import * as zmq from 'zeromq';
 import { loadSumInto } from '../src/addon/index.js';
 import { loadWireNative } from '../src/ring/wire.js';
-import { allReduceSum, barrier, ringPass } from '../src/ring/collectives.js';
+import { allReduceSum, barrier, timeHops } from '../src/ring/collectives.js';
 import { Ring } from '../src/ring/transport.js';
 import { shmPath } from '../src/ring/shm.js';
 import { fromWire, toWire, type WireFormat } from '../src/ring/wire.js';
@@ -93,17 +93,18 @@ async function child(role: { kind: string; index: number; port: number; bytes: n
   await barrier(ring);
   let ms: number;
   if (role.kind === 'ring-pass') {
-    const t0 = performance.now();
     // A 16-bit wire converts at both ends, as ring attention does: the time counts it.
     const wire = role.wire && role.wire !== 'float32' ? role.wire : null;
     // The addon's conversions, as ring attention uses them, unless RINGATTN_BENCH_JS_WIRE asks for JavaScript's.
     const native = process.env.RINGATTN_BENCH_JS_WIRE ? null : loadWireNative();
     let held: Float32Array = block;
-    for (let i = 0; i < reps; i++) {
-      const [got] = await ringPass(ring, 'blk', [wire ? toWire(held, wire, native) : held]);
-      held = wire ? fromWire(got, native) : (got.data as Float32Array);
-    }
-    ms = performance.now() - t0;
+    // Back to back: a stream of blocks round the ring, each passed on as it came.
+    const runs = await timeHops(ring, 'blk', () => [wire ? toWire(held, wire, native) : held], {
+      runs: reps,
+      barrier: false,
+      received: ([got]) => (held = wire ? fromWire(got, native) : (got.data as Float32Array)),
+    });
+    ms = runs.reduce((a, r) => a + r.ms, 0);
   } else {
     // As training sums its gradients: in place, with the addon's additions unless RINGATTN_BENCH_JS_ADD is set (to compare).
     const add = process.env.RINGATTN_BENCH_JS_ADD ? undefined : (loadSumInto() ?? undefined);

@@ -14,7 +14,7 @@ import { isFullyMasked } from '../kernels/mask.js';
 import { rowDelta } from '../kernels/merge.js';
 import type { BlockArgs, BlockPartial } from '../kernels/types.js';
 import type { DriverContext, JobDefinition, WorkerContext } from './types.js';
-import { allReduceSum, barrier, ringPass } from '../ring/collectives.js';
+import { allReduceSum, barrier, timeHops } from '../ring/collectives.js';
 import type { Ring } from '../ring/transport.js';
 import { selectBackend, tfjsWant } from '../tensor/backend.js';
 import { deriveSeed } from '../tensor/random.js';
@@ -77,21 +77,13 @@ async function gatherValues(ring: Ring, value: number): Promise<number[]> {
   return Array.from(await allReduceSum(ring, x, 'bench-gather'));
 }
 
-/** One hop of [k, v], timed: the transfer time the overlap should hide. */
+/** One hop of [k, v], timed: the transfer time the overlap should hide (the median of the timed passes after a first). */
 async function measureHop(ring: Ring, k: Float32Array, v: Float32Array, trace?: Trace): Promise<{ msPerHop: number; runsMs: number[] }> {
   const timed = k.byteLength + v.byteLength > 256 * 2 ** 20 ? 2 : 3;
-  const runsMs: number[] = [];
-  for (let i = 0; i <= timed; i++) {
-    await collectGarbage(); // the block received by the previous pass
-    await barrier(ring);
-    const start = performance.now();
-    await ringPass(ring, 'bench-hop', [k, v]);
-    const end = performance.now();
-    if (i > 0) {
-      runsMs.push(end - start);
-      trace?.span('measured KV hop (alone)', TRACK_TRANSFER, start, end);
-    }
-  }
+  // Before each pass: collect the block the previous pass received.
+  const runs = (await timeHops(ring, 'bench-hop', () => [k, v], { runs: timed + 1, before: collectGarbage })).slice(1);
+  for (const r of runs) trace?.span('measured KV hop (alone)', TRACK_TRANSFER, r.start, r.end);
+  const runsMs = runs.map((r) => r.ms);
   const sorted = [...runsMs].sort((a, b) => a - b);
   return { msPerHop: sorted[Math.floor(sorted.length / 2)], runsMs };
 }

@@ -1,7 +1,8 @@
 import { slotGpu, workerThreads, type ClusterSpec } from '../config/index.js';
 import { totalmem } from 'node:os';
+import { calibrateKernel } from '../bench/calibrate.js';
 import { loadKernel, type KernelName } from '../kernels/index.js';
-import { allReduceSum, barrier, ringPass } from '../ring/collectives.js';
+import { allReduceSum, barrier, ringPass, timeHops } from '../ring/collectives.js';
 import { randn } from '../tensor/random.js';
 import { loadSumInto } from '../addon/index.js';
 import { tunedGemm, tunedTiles, tuningFilePath } from '../engine/tuning.js';
@@ -80,15 +81,12 @@ async function rate(flops: number, run: () => Promise<void>, ms = 500): Promise<
   return (flops * reps) / ((performance.now() - t0) / 1000) / 1e9;
 }
 
+/** The kernel's forward rate on one n x n block, by the same calibration bench uses (src/bench/calibrate.ts). */
 async function kernelRate(kernelName: KernelName, threads: number): Promise<{ name: string; reason: string; gflops: number }> {
   const { kernel, reason } = await loadKernel(kernelName, { tileQ: 128, tileKV: 128, threads });
   const [n, heads, d] = kernel.name === 'native' ? [1024, 4, 64] : [256, 2, 64];
-  const q = randn(n * heads * d, 1);
-  const k = randn(n * heads * d, 2);
-  const v = randn(n * heads * d, 3);
-  const pos = Int32Array.from({ length: n }, (_, i) => i);
-  const args = { heads, kvHeads: heads, headDim: d, qLen: n, kvLen: n, q, k, v, qPos: pos, kvPos: pos, causal: false, scale: 1 / Math.sqrt(d) };
-  return { name: kernel.name, reason, gflops: await rate(4 * n * n * d * heads, () => kernel.forward(args).then(() => undefined), 1000) };
+  const cal = await calibrateKernel(kernel, { heads, kvHeads: heads, headDim: d }, { shardLen: n, tileQ: n, tileKV: n, maxKvRows: n, backward: false });
+  return { name: kernel.name, reason, gflops: cal.fwdGflops };
 }
 
 /**
@@ -198,13 +196,7 @@ export const doctorJob: JobDefinition = {
     const hops: HopFigure[] = [];
     for (const mib of [1, 4, 16, 64]) {
       const block = new Float32Array((mib * MiB) / 4).fill(1);
-      let best = Infinity;
-      for (let rep = 0; rep < 3; rep++) {
-        await barrier(ring);
-        const s = performance.now();
-        await ringPass(ring, 'bw', [block]);
-        best = Math.min(best, performance.now() - s);
-      }
+      const best = Math.min(...(await timeHops(ring, 'bw', () => [block], { runs: 3 })).map((r) => r.ms));
       hops.push({ bytes: mib * MiB, ms: best, gbps: (mib * MiB) / (best / 1000) / 1e9 });
     }
     const arBytes = 64 * MiB;

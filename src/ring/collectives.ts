@@ -18,6 +18,33 @@ export async function ringPass(ring: Ring, tag: string, items: Sendable[]): Prom
   return got.tensors;
 }
 
+/**
+ * The one hop measurement (bench, doctor, bench:ring): `runs` ring passes of
+ * what `send` returns, each timed from the send to the arrival of the
+ * predecessor's message (and `received`, which runs inside the timing: a 16-bit
+ * wire's conversion back counts). With `barrier` (the default) every pass starts
+ * together, after `before` (bench collects garbage there): a hop alone; without,
+ * the passes run back to back, as a stream of blocks does.
+ */
+export async function timeHops(
+  ring: Ring,
+  tag: string,
+  send: () => Sendable[],
+  opts: { runs: number; barrier?: boolean; before?: () => Promise<void>; received?: (got: Tensor[]) => void },
+): Promise<Array<{ start: number; end: number; ms: number }>> {
+  const out: Array<{ start: number; end: number; ms: number }> = [];
+  for (let i = 0; i < opts.runs; i++) {
+    await opts.before?.();
+    if (opts.barrier ?? true) await barrier(ring);
+    const start = performance.now();
+    const got = await ringPass(ring, tag, send());
+    opts.received?.(got);
+    const end = performance.now();
+    out.push({ start, end, ms: end - start });
+  }
+  return out;
+}
+
 /** Chunk i of a length split into n nearly equal parts: [start, end). */
 function chunkBounds(length: number, n: number, i: number): [number, number] {
   return [Math.floor((i * length) / n), Math.floor(((i + 1) * length) / n)];
