@@ -1,5 +1,6 @@
 import { rowDelta } from '../../src/kernels/merge.js';
 import { referenceKernel } from '../../src/kernels/reference.js';
+import { ringAttentionOp } from '../../src/attention/ring-attention.js';
 import type { BlockArgs } from '../../src/kernels/types.js';
 import { onHostArrays } from '../../src/attention/op.js';
 import type { AttentionOp } from '../../src/attention/op.js';
@@ -135,7 +136,13 @@ export function localRings(worldSize: number, dims: LocalDims, causal = true): T
   return rings;
 }
 
-/** A single-process ring: allReduceSum is the identity, attention is exact local attention. */
+/** A ring of one: allReduceSum is the identity, attention is the ring loop itself on a ring of one (the reference kernel). */
 export function localRing(dims: LocalDims, causal = true): TrainRing {
-  return localRings(1, dims, causal)[0];
+  return {
+    rank: 0,
+    worldSize: 1,
+    allReduceSum: async (x) => x,
+    attention: (positions) => ringAttentionOp({ ring: null, kernel: referenceKernel, causal, ...dims, overlap: false, positionsOf: () => positions }),
+    timings: () => ({ computeMs: 0, commMs: 0, waitMs: 0 }),
+  };
 }
