@@ -24,8 +24,8 @@ describe('Slurm', { skip: missing ?? false }, () => {
   before(async () => {
     slurm = await startSlurm(path.join(tmp, 'cluster'));
   });
-  after(() => {
-    slurm?.stop();
+  after(async () => {
+    await slurm?.stop();
     rmSync(tmp, { recursive: true, force: true });
   });
 

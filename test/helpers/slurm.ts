@@ -27,7 +27,7 @@ export interface SlurmCluster {
   run(cmd: string, args: string[], opts?: { env?: NodeJS.ProcessEnv }): { status: number | null; stdout: string; stderr: string };
   /** Waits until no job of the cluster is queued or running. */
   drained(ms?: number): Promise<void>;
-  stop(): void;
+  stop(): Promise<void>;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -86,18 +86,34 @@ export async function startSlurm(dir: string): Promise<SlurmCluster> {
   };
   const ctld = run(sbin('slurmctld'), ['-f', conf]);
   const d = run(sbin('slurmd'), ['-f', conf, '-N', 'localhost']);
-  const stop = () => {
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  // Stops the daemons and waits until they are gone (SIGKILL after 10 s): none outlives the test, none writes into a
+  // folder being removed.
+  const stop = async () => {
     run('scancel', ['--full', '--user', 'root']);
-    for (const pid of ['slurmd.pid', 'slurmctld.pid', 'munged.pid']) {
+    const pids: number[] = [];
+    for (const file of ['slurmd.pid', 'slurmctld.pid', 'munged.pid']) {
       try {
-        process.kill(Number(readFileSync(path.join(dir, pid), 'utf8').trim()), 'SIGTERM');
+        const pid = Number(readFileSync(path.join(dir, file), 'utf8').trim());
+        process.kill(pid, 'SIGTERM');
+        pids.push(pid);
       } catch {
         // not running
       }
     }
+    const end = Date.now() + 10000;
+    while (pids.some(alive) && Date.now() < end) await sleep(100);
+    for (const pid of pids.filter(alive)) process.kill(pid, 'SIGKILL');
   };
   if (ctld.status !== 0 || d.status !== 0) {
-    stop();
+    await stop();
     throw new Error(`slurm did not start: slurmctld ${ctld.status} ${ctld.stderr}; slurmd ${d.status} ${d.stderr}`);
   }
   const deadline = Date.now() + 30000;
@@ -105,7 +121,7 @@ export async function startSlurm(dir: string): Promise<SlurmCluster> {
     const s = run('sinfo', ['-h', '-o', '%T']).stdout.trim();
     if (s === 'idle') break;
     if (Date.now() > deadline) {
-      stop();
+      await stop();
       throw new Error(`the node never became idle (sinfo: ${s}); slurmd.log:\n${readFileSync(path.join(dir, 'slurmd.log'), 'utf8').slice(-2000)}`);
     }
     await sleep(250);
