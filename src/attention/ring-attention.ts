@@ -142,7 +142,11 @@ const wireNative = loadWireNative();
 function kvPayload(cfg: RingConfig, kv: Pick<KVBlock, 'k' | 'v' | 'seg' | 'wire'>): Tensor[] {
   if (kv.wire) return kv.wire;
   const format = cfg.wire ?? 'float32';
-  const out = [toWire(kv.k, format, wireNative), toWire(kv.v, format, wireNative)];
+  // Our own block: on the native engine k and v are views of the engine's buffers, which the model overwrites (the next
+  // layer, the next window) while ZeroMQ may still be sending them zero-copy. float32 goes as a copy; a 16-bit wire
+  // converts into fresh arrays anyway.
+  const own = (x: Float32Array) => (format === 'float32' ? x.slice() : x);
+  const out = [toWire(own(kv.k), format, wireNative), toWire(own(kv.v), format, wireNative)];
   return kv.seg ? [...out, { data: kv.seg, shape: [kv.seg.length] }] : out;
 }
 
