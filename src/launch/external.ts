@@ -1,4 +1,4 @@
-import { mkdirSync, readFileSync, statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { rankTable, resolvedSecurity, specHash, type ClusterSpec } from '../config/index.js';
 import { UserError } from '../errors.js';
@@ -6,7 +6,7 @@ import { isCurveKeys, type CurveKeys } from '../ring/zap.js';
 import { Coordinator } from './coordinator.js';
 import { loadJob } from '../jobs/index.js';
 import { driverContext, rootCause, tcp } from './launcher.js';
-import { RING_FILE, ringHealth, writeRingHealth, type RingHealth } from './ring-health.js';
+import { startRingHealth } from './ring-health.js';
 import { runWorker, workerLogger, type WorkerRole } from './worker.js';
 
 /**
@@ -115,44 +115,35 @@ export async function runExternalWorker(spec: ClusterSpec, configFile: string, k
     curve,
   });
   // ring.json, as the launcher writes it: `ringattn view` shows a scheduler's job like any other.
-  const healthJob = { job: kind, attempt: 0, started: new Date().toISOString(), heartbeatIntervalMs: spec.ring.heartbeatIntervalMs, heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs };
-  const writeHealth = (state: RingHealth['state'], failure?: string) => {
-    try {
-      mkdirSync(role.runDir, { recursive: true, mode: 0o700 });
-      writeRingHealth(role.runDir, ringHealth({ ...healthJob, state, ...(failure !== undefined ? { failure } : {}) }, coord.status()));
-    } catch (err) {
-      log.warn(`cannot write ${RING_FILE} in ${role.runDir}: ${(err as Error).message}`);
-    }
+  const health = startRingHealth(role.runDir, { job: kind, attempt: 0, heartbeatIntervalMs: spec.ring.heartbeatIntervalMs, heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs }, () => coord.status(), (line) => log.warn(line));
+  onStop = (sig) => health.end('failed', `stopped by the scheduler (${sig})`);
+  // A neighbour's report of a lost link names the rank that went: blame that one, as the launcher does.
+  const blame = (f: { rank: number; host: string; message: string }) => {
+    const root = rootCause([{ ...f, died: false }]);
+    return { who: `rank ${root.rank} (${root.host})`, why: root.message.replace(/^rank \d+: /, '') };
   };
-  const healthTimer = setInterval(() => writeHealth('running'), spec.ring.heartbeatIntervalMs);
-  healthTimer.unref();
-  onStop = (sig) => writeHealth('failed', `stopped by the scheduler (${sig})`);
   coord.onFailure = (reported) => {
-    // A neighbour's report of a lost link names the rank that went: blame that one, as the launcher does.
-    const f = rootCause([{ ...reported, died: false }]);
-    log.error(`rank ${f.rank} (${f.host}) failed: ${f.message.replace(/^rank \d+: /, '')}: aborting every rank`);
-    clearInterval(healthTimer);
-    onStop = () => undefined;
-    writeHealth('failed', `rank ${f.rank} (${f.host}) ${f.message.replace(/^rank \d+: /, '')}`);
-    void coord.abort(`rank ${f.rank} failed`).finally(() => process.exit(1));
+    const { who, why } = blame(reported);
+    log.error(`${who} failed: ${why}: aborting every rank`);
+    health.end('failed', `${who} ${why}`);
+    void coord.abort(`rank ${reported.rank} failed`).finally(() => process.exit(1));
   };
   const driving = (async () => {
     await coord.rendezvous();
     if (job.driver) await job.driver(driverContext(coord, spec, role.runDir, {}, (line) => process.stderr.write(`${line}\n`)));
     await coord.allDone();
   })();
-  let ended: { state: RingHealth['state']; failure?: string } = { state: 'failed', failure: 'rank 0 stopped' };
+  let ended: { state: 'finished' | 'failed'; failure?: string } = { state: 'failed', failure: 'rank 0 stopped' };
   try {
     await Promise.all([runWorker(role, log), driving]);
     ended = { state: 'finished' };
   } catch (err) {
     // Rank 0's own job may be the first to see a neighbour's loss: blame as the coordinator would.
-    const f = rootCause([{ rank: 0, host: e.host, message: (err as Error).message.split('\n')[0], died: false }]);
-    ended = { state: 'failed', failure: `rank ${f.rank} (${f.host}) ${f.message.replace(/^rank \d+: /, '')}` };
+    const { who, why } = blame({ rank: 0, host: e.host, message: (err as Error).message.split('\n')[0] });
+    ended = { state: 'failed', failure: `${who} ${why}` };
     throw err;
   } finally {
-    clearInterval(healthTimer);
-    writeHealth(ended.state, ended.failure);
+    health.end(ended.state, ended.failure);
     coord.close();
   }
 }

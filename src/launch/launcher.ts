@@ -10,7 +10,7 @@ import { ADAPTERS_ENV } from '../engine/webgpu/device.js';
 import { UserError } from '../errors.js';
 import type { CurveKeys } from '../ring/zap.js';
 import { Coordinator, type WorkerFailure } from './coordinator.js';
-import { RING_FILE, ringHealth, writeRingHealth, type RingHealth } from './ring-health.js';
+import { startRingHealth } from './ring-health.js';
 import type { DriverContext } from '../jobs/types.js';
 import { loadJob } from '../jobs/index.js';
 import type { WorkerRole } from './worker.js';
@@ -224,18 +224,8 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
   });
 
   // ring.json: the ranks' liveness for `ringattn view`, while the job runs and as it ended.
-  const healthJob = { job: job.kind, attempt, started: new Date().toISOString(), heartbeatIntervalMs: spec.ring.heartbeatIntervalMs, heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs };
-  const writeHealth = (state: RingHealth['state'], failure?: string) => {
-    try {
-      writeRingHealth(runDir, ringHealth({ ...healthJob, state, ...(failure !== undefined ? { failure } : {}) }, coordinator.status()));
-    } catch (err) {
-      print(`[launcher] cannot write ${path.join(runDir, RING_FILE)}: ${(err as Error).message}`);
-    }
-  };
-  writeHealth('running');
-  const healthTimer = setInterval(() => writeHealth('running'), spec.ring.heartbeatIntervalMs);
-  healthTimer.unref();
-  let ended: { state: RingHealth['state']; failure?: string } = { state: 'failed', failure: 'the launcher stopped' };
+  const health = startRingHealth(runDir, { job: job.kind, attempt, heartbeatIntervalMs: spec.ring.heartbeatIntervalMs, heartbeatTimeoutMs: spec.ring.heartbeatTimeoutMs }, () => coordinator.status(), (line) => print(`[launcher] ${line}`));
+  let ended: { state: 'finished' | 'failed'; failure?: string } = { state: 'failed', failure: 'the launcher stopped' };
 
   const failures: Array<WorkerFailure & { died: boolean }> = [];
   let failed: (() => void) | null = null;
@@ -374,8 +364,7 @@ export async function runJob(spec: ClusterSpec, job: { kind: string; args: Recor
     }
     throw err;
   } finally {
-    clearInterval(healthTimer);
-    writeHealth(ended.state, ended.failure);
+    health.end(ended.state, ended.failure);
     cleanup();
   }
 }

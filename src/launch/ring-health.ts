@@ -1,4 +1,4 @@
-import { renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { RankStatus } from './coordinator.js';
 
@@ -46,3 +46,44 @@ export function writeRingHealth(runDir: string, health: RingHealth): void {
   writeFileSync(tmp, JSON.stringify(health, null, 2) + '\n', { mode: 0o600 });
   renameSync(tmp, file);
 }
+
+/** What keeps ring.json current for one job: the launcher's, or scheduler mode's rank 0. */
+export interface RingHealthWriter {
+  /** Writes the job's end and stops; the first end is the one kept, later ones are ignored. */
+  end(state: Exclude<RingHealth['state'], 'running'>, failure?: string): void;
+}
+
+/** Writes ring.json now and every heartbeat interval from `status()`, until `end`; a failed write is reported to `warn`, never thrown. */
+export function startRingHealth(
+  runDir: string,
+  job: Pick<RingHealth, 'job' | 'attempt' | 'heartbeatIntervalMs' | 'heartbeatTimeoutMs'>,
+  status: () => RankStatus[],
+  warn: (line: string) => void,
+): RingHealthWriter {
+  const started = new Date().toISOString();
+  const write = (state: RingHealth['state'], failure?: string) => {
+    try {
+      writeRingHealth(runDir, ringHealth({ ...job, started, state, ...(failure !== undefined ? { failure } : {}) }, status()));
+    } catch (err) {
+      warn(`cannot write ${path.join(runDir, RING_FILE)}: ${(err as Error).message}`);
+    }
+  };
+  try {
+    mkdirSync(runDir, { recursive: true, mode: 0o700 });
+  } catch {
+    // reported by the first write
+  }
+  write('running');
+  const timer = setInterval(() => write('running'), job.heartbeatIntervalMs);
+  timer.unref();
+  let ended = false;
+  return {
+    end(state, failure) {
+      if (ended) return;
+      ended = true;
+      clearInterval(timer);
+      write(state, failure);
+    },
+  };
+}
+

@@ -161,22 +161,25 @@ export function readCheckpoints(runDir: string): CheckpointEntry[] {
   });
 }
 
-/** A JSON-lines file read as it grows: only whole new lines, from where the last read stopped. */
-class LineTail {
+/** A step-keyed JSON-lines file read as it grows: only whole new lines, from where the last read stopped. */
+class StepTail<T extends { step: number }> {
   private offset = 0;
   private rest = '';
   constructor(readonly file: string) {}
 
-  /** New complete lines, or 'reset' when the file shrank or was replaced (a resumed run rewrote it). */
-  read(): string | 'reset' {
+  /** The records of the new complete lines; `reset` when the file shrank or was replaced (a resumed run rewrote it), and then every record of it. */
+  read(): { reset: boolean; rows: T[] } {
     let size: number;
     try {
       size = statSync(this.file).size;
     } catch {
-      return this.offset > 0 ? this.restart() : '';
+      const reset = this.offset > 0;
+      this.restart();
+      return { reset, rows: [] };
     }
-    if (size < this.offset) return this.restart();
-    if (size === this.offset) return '';
+    const reset = size < this.offset;
+    if (reset) this.restart();
+    if (size === this.offset) return { reset, rows: [] };
     const fd = openSync(this.file, 'r');
     try {
       const buf = Buffer.alloc(size - this.offset);
@@ -185,16 +188,16 @@ class LineTail {
       const text = this.rest + buf.subarray(0, n).toString('utf8');
       const cut = text.lastIndexOf('\n') + 1;
       this.rest = text.slice(cut);
-      return text.slice(0, cut);
+      return { reset, rows: parseStepLines<T>(text.slice(0, cut)) };
     } finally {
       closeSync(fd);
     }
   }
 
-  private restart(): 'reset' {
+  /** The next read starts from the top of the file. */
+  restart(): void {
     this.offset = 0;
     this.rest = '';
-    return 'reset';
   }
 }
 
@@ -218,12 +221,12 @@ export class RunWatcher {
   private ringText = '';
   private checkpoints: CheckpointEntry[] = [];
   private checkpointKey = '';
-  private readonly metricsTail: LineTail;
-  private readonly ranksTail: LineTail;
+  private readonly metricsTail: StepTail<StepMetrics>;
+  private readonly ranksTail: StepTail<RankStepRecord>;
 
   constructor(readonly runDir: string) {
-    this.metricsTail = new LineTail(path.join(runDir, METRICS_FILE));
-    this.ranksTail = new LineTail(path.join(runDir, RANKS_FILE));
+    this.metricsTail = new StepTail(path.join(runDir, METRICS_FILE));
+    this.ranksTail = new StepTail(path.join(runDir, RANKS_FILE));
     this.poll();
   }
 
@@ -251,33 +254,21 @@ export class RunWatcher {
       const spec = readJson<ClusterSpec>(path.join(this.runDir, SPEC_FILE));
       if (spec) {
         this.spec = spec;
-        // MFU's numerator needs the model: rows read before spec.json appeared get it now.
-        this.metrics = this.metrics.map((m) => ({ ...m, modelFlopsPerSec: flopsPerToken(spec.model, m.seqLen, spec.attention) * m.tokensPerSec }));
+        // MFU's numerator needs the model: the rows read before spec.json appeared are read again with it.
+        this.metricsTail.restart();
+        this.metrics = [];
         reset = true;
       }
     }
-    const newMetrics: MetricRow[] = [];
     const m = this.metricsTail.read();
-    if (m === 'reset') {
-      this.metrics = [];
-      reset = true;
-      const again = this.metricsTail.read();
-      if (again !== 'reset') this.metrics.push(...parseStepLines<StepMetrics>(again).map((r) => metricRow(r, this.spec)));
-    } else {
-      for (const r of parseStepLines<StepMetrics>(m)) newMetrics.push(metricRow(r, this.spec));
-      this.metrics.push(...newMetrics);
-    }
-    const newRanks: RankStepRecord[] = [];
+    const newMetrics = m.rows.map((r) => metricRow(r, this.spec));
     const r = this.ranksTail.read();
-    if (r === 'reset') {
-      this.ranks = [];
-      reset = true;
-      const again = this.ranksTail.read();
-      if (again !== 'reset') this.ranks.push(...parseStepLines<RankStepRecord>(again));
-    } else {
-      newRanks.push(...parseStepLines<RankStepRecord>(r));
-      this.ranks.push(...newRanks);
-    }
+    const newRanks = r.rows;
+    if (m.reset) this.metrics = [];
+    if (r.reset) this.ranks = [];
+    reset ||= m.reset || r.reset;
+    this.metrics.push(...newMetrics);
+    this.ranks.push(...newRanks);
     if (this.ranks.length > 0) {
       const last = this.ranks[this.ranks.length - 1].step;
       if (this.ranks[0].step <= last - RANK_HISTORY) this.ranks = this.ranks.filter((x) => x.step > last - RANK_HISTORY);
